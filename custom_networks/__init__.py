@@ -1,0 +1,1 @@
+"""Attention U-Net variants from five papers, as MONAI networks."""

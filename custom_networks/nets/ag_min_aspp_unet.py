@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn as nn
+
+from monai.networks.nets.basic_unet import TwoConv
+
+from custom_networks.blocks.attention_gate import AttentionGate
+from custom_networks.blocks.gsconv import GSConv
+from custom_networks.blocks.min_aspp import MinASPP
+from custom_networks.nets.unet_skeleton import UNetSkeleton
+
+__all__ = ["AGMinASPPUNet"]
+
+CONV_BLOCKS = ("gsconv", "gated", "standard")
+
+
+class AGMinASPPUNet(UNetSkeleton):
+    """
+    U-Net with GSConv conv blocks, a Min-ASPP bottleneck and attention gates on the skips (paper 002, lung
+    field in chest X-ray). ``conv_block="standard", use_aspp=False, use_attention_gate=False`` gives
+    :class:`ClassicUNet` exactly.
+
+    The attention gates follow Oktay et al.: the skip is projected onto the coarser grid of the gating
+    signal (the decoder map before upsampling), and the coefficients are resampled back. The Min-ASPP
+    replaces the bottleneck's double conv (1x1, one 3x3 atrous branch per dilation and a pooling branch).
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels.
+        out_channels: output channels (logits).
+        features: widths of the five levels; spatial size must be divisible by ``2 ** (len(features) - 1)``.
+        conv_block: ``"gsconv"`` (two GSConv units), ``"gated"`` (two sigmoid-gated GSConv units) or
+            ``"standard"`` (two 3x3 conv units).
+        use_aspp: Min-ASPP at the bottleneck.
+        use_attention_gate: attention gates on the skip connections.
+        aspp_dilations: dilation rates of the atrous branches (small: the bottleneck map is 16x16 at 256).
+        act: activation type and arguments.
+        norm: normalization type and arguments, or None.
+        dropout: dropout ratio after each conv unit.
+
+    Shapes: ``(B, in_channels, *S) -> (B, out_channels, *S)``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        features: Sequence[int] = (64, 128, 256, 512, 1024),
+        conv_block: str = "gsconv",
+        use_aspp: bool = True,
+        use_attention_gate: bool = True,
+        aspp_dilations: Sequence[int] = (2, 4, 6),
+        act: str | tuple = ("relu", {"inplace": True}),
+        norm: str | tuple | None = "batch",
+        dropout: float = 0.0,
+    ) -> None:
+        if conv_block not in CONV_BLOCKS:
+            raise ValueError(f"conv_block must be one of {CONV_BLOCKS}, got {conv_block!r}.")
+
+        def make_block(c_in: int, c_out: int) -> nn.Module:
+            if conv_block == "standard":
+                return TwoConv(spatial_dims, c_in, c_out, act=act, norm=norm, bias=True, dropout=dropout)
+            gated = conv_block == "gated"
+            return nn.Sequential(
+                GSConv(spatial_dims, c_in, c_out, act=act, norm=norm, gated=gated),
+                nn.Dropout(dropout),
+                GSConv(spatial_dims, c_out, c_out, act=act, norm=norm, gated=gated),
+                nn.Dropout(dropout),
+            )
+
+        def make_aspp(c_in: int, c_out: int) -> MinASPP:
+            return MinASPP(spatial_dims, c_in, c_out, dilations=aspp_dilations, norm=norm, act=act)
+
+        def make_gate(skip_channels: int, gating_channels: int) -> AttentionGate:
+            return AttentionGate(spatial_dims, skip_channels, gating_channels, norm=norm)
+
+        super().__init__(
+            spatial_dims,
+            in_channels,
+            out_channels,
+            features,
+            make_block,
+            make_bottleneck=make_aspp if use_aspp else None,
+            make_skip_gate=make_gate if use_attention_gate else None,
+        )

@@ -1,0 +1,46 @@
+"""Clinical inputs and outputs: DICOM series, radiographs, NIfTI and PNG/JPG in; NIfTI, DICOM SEG and overlays out."""
+
+from __future__ import annotations
+
+from custom_networks.clinical.atomic import AtomicNibabelWriter, atomic_path
+from custom_networks.clinical.cases import (
+    Case,
+    CaseOutcome,
+    CaseOutcomeRecorder,
+    ClinicalCaseDataset,
+    RecordCaseOutcomed,
+    cases_datalist,
+    discover_cases,
+)
+from custom_networks.clinical.dicom_series import SeriesRules, discover_series, load_series, select_series, sort_series
+from custom_networks.clinical.errors import CaseError
+from custom_networks.clinical.load_case import LoadClinicalImage, LoadClinicalImaged, input_form
+from custom_networks.clinical.overlay import SaveOverlayPNGd
+from custom_networks.clinical.radiograph import load_radiograph
+from custom_networks.clinical.seg_writer import SaveDicomSegd
+from custom_networks.clinical.slice_inferer import SliceWiseInferer
+
+__all__ = [
+    "AtomicNibabelWriter",
+    "Case",
+    "CaseError",
+    "CaseOutcome",
+    "CaseOutcomeRecorder",
+    "ClinicalCaseDataset",
+    "LoadClinicalImage",
+    "LoadClinicalImaged",
+    "RecordCaseOutcomed",
+    "SaveDicomSegd",
+    "SaveOverlayPNGd",
+    "SeriesRules",
+    "SliceWiseInferer",
+    "atomic_path",
+    "cases_datalist",
+    "discover_cases",
+    "discover_series",
+    "input_form",
+    "load_radiograph",
+    "load_series",
+    "select_series",
+    "sort_series",
+]

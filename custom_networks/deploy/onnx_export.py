@@ -1,0 +1,126 @@
+"""Export a segmentation network to ONNX for onnxruntime on CPU, and check the export against torch."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from monai.utils import ensure_tuple_rep
+
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "check_onnx_against_torch", "export_onnx"]
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "pred"
+
+
+def export_onnx(
+    net: torch.nn.Module,
+    path: str | os.PathLike,
+    spatial_dims: int,
+    in_channels: int,
+    example_spatial_size: int | Sequence[int],
+    opset_version: int = 17,
+) -> Path:
+    """
+    Export ``net`` in eval mode to an ONNX file with dynamic batch and spatial axes.
+
+    Uses the legacy TorchScript-based exporter (``dynamo=False``): the dynamo exporter needs onnxscript, which
+    is not a dependency of this package. The graph input is named ``"image"`` with shape
+    (batch, in_channels, *spatial), the output ``"pred"`` with shape (batch, out_channels, *spatial); every
+    axis but the channel one is dynamic. The file is written under a temporary name and renamed, so an
+    interrupted export never leaves a truncated model at ``path``. The training mode of ``net`` is restored.
+
+    Args:
+        net: the network to export (on any device).
+        path: destination ``.onnx`` file; its folder is created if missing.
+        spatial_dims: number of spatial dimensions, 2 or 3.
+        in_channels: input channels.
+        example_spatial_size: spatial size of the tracing input (an int is repeated ``spatial_dims`` times); it
+            must suit the network (e.g. divisible by its ``2**depth``).
+        opset_version: ONNX opset. Defaults to 17.
+
+    Returns:
+        the path of the written model.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = ensure_tuple_rep(example_spatial_size, spatial_dims)
+    device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    example = torch.randn(1, in_channels, *size, device=device)
+    dynamic_axes = {0: "batch", **{2 + i: f"spatial_{i}" for i in range(spatial_dims)}}
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                net,
+                (example,),
+                str(partial),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: dynamic_axes, OUTPUT_NAME: dynamic_axes},
+                opset_version=opset_version,
+                dynamo=False,
+            )
+        onnx.checker.check_model(str(partial))
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+        net.train(was_training)
+    return path
+
+
+def check_onnx_against_torch(
+    net: torch.nn.Module,
+    path: str | os.PathLike,
+    inputs: torch.Tensor | Sequence[torch.Tensor],
+    atol: float = 1e-4,
+) -> float:
+    """
+    Run ``net`` (eval mode) and the ONNX model at ``path`` on the same inputs and compare the outputs.
+
+    Args:
+        net: the torch network the model was exported from.
+        path: the ONNX model.
+        inputs: one input tensor (B, C, *S) or several (e.g. different batch and spatial sizes).
+        atol: largest allowed absolute difference of any output element.
+
+    Returns:
+        the largest absolute difference seen over all inputs.
+
+    Raises:
+        RuntimeError: if an output shape differs or any difference exceeds ``atol``; the message gives the
+            file, the input shape and the maximum difference.
+    """
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    was_training = net.training
+    net.eval()
+    worst = 0.0
+    try:
+        for x in [inputs] if isinstance(inputs, torch.Tensor) else inputs:
+            with torch.no_grad():
+                expected = net(x.to(device)).float().cpu().numpy()
+            actual = session.run(None, {input_name: x.detach().float().cpu().numpy()})[0]
+            if actual.shape != expected.shape:
+                raise RuntimeError(
+                    f"ONNX model {path}: output shape {actual.shape} != torch {expected.shape} "
+                    f"for input shape {tuple(x.shape)}."
+                )
+            diff = float(np.abs(actual - expected).max())
+            if not diff <= atol:
+                raise RuntimeError(
+                    f"ONNX model {path} differs from torch by max |diff| = {diff:.3g} > atol = {atol:g} "
+                    f"for input shape {tuple(x.shape)}."
+                )
+            worst = max(worst, diff)
+    finally:
+        net.train(was_training)
+    return worst

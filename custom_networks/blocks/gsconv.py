@@ -24,6 +24,12 @@ def interleave_halves(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] % 2 != 0:
         raise ValueError(f"interleave_halves needs an even number of channels, got {x.shape[1]}.")
     first, second = torch.chunk(x, 2, dim=1)
+    return interleave(first, second)
+
+
+def interleave(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Channels ``[a0, b0, a1, b1, ...]`` from ``first = [a0, a1, ...]`` and ``second = [b0, b1, ...]``,
+    i.e. ``interleave_halves(torch.cat((first, second), 1))`` without materialising the concatenation."""
     return torch.stack((first, second), dim=2).flatten(1, 2)
 
 
@@ -105,7 +111,7 @@ class GSConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dense = self.dense(x)
-        out = interleave_halves(torch.cat((dense, self.depthwise(dense)), dim=1))
+        out = interleave(dense, self.depthwise(dense))
         if self.gate is not None:
             out = out * torch.sigmoid(self.gate(x))
         return out

@@ -1,0 +1,5 @@
+"""Ignite handlers the bundles need that MONAI lacks."""
+
+from custom_networks.handlers.training_curves import TrainingCurvesSaver
+
+__all__ = ["TrainingCurvesSaver"]

@@ -1,0 +1,192 @@
+"""Shared fixtures: small demo datasets in the public layouts, and a runner for the MONAI bundle CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from custom_networks.data import demo
+from custom_networks.data.datalist import build_datalist, write_datalist
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES_DIR = REPO / "bundles"
+BUNDLES = (
+    "brain_tumor_mri_gsconv_eca_unet",
+    "lgg_mri_cbam_unet",
+    "chest_xray_lung_ag_min_aspp_unet",
+    "isic2018_skin_sc_unext",
+    "lgg_mri_attention_res_unet",
+)
+# demo task whose layout each bundle reads
+BUNDLE_TASK = {
+    "brain_tumor_mri_gsconv_eca_unet": "brain_tumor",
+    "lgg_mri_cbam_unet": "lgg",
+    "chest_xray_lung_ag_min_aspp_unet": "montgomery",
+    "isic2018_skin_sc_unext": "isic2018",
+    "lgg_mri_attention_res_unet": "lgg",
+}
+# tiny widths and sizes for CLI runs: U-Nets need sizes divisible by 2**(levels-1), the UNeXt family by 32
+TINY_OVERRIDES = {
+    "brain_tumor_mri_gsconv_eca_unet": {"network_def#features": [8, 16, 32], "spatial_size": [64, 64]},
+    "lgg_mri_cbam_unet": {"network_def#features": [8, 16, 32], "spatial_size": [64, 64]},
+    "chest_xray_lung_ag_min_aspp_unet": {"network_def#features": [8, 16, 32], "spatial_size": [64, 64]},
+    "isic2018_skin_sc_unext": {"network_def#features": [4, 8, 16, 24, 32], "spatial_size": [64, 64]},
+    "lgg_mri_attention_res_unet": {"network_def#features": [8, 16, 32], "spatial_size": [64, 64]},
+}
+
+
+@dataclass
+class DemoTask:
+    """One generated dataset: its folder, datalist file, the datalist content and a folder of images to segment."""
+
+    root: Path
+    datalist_file: Path
+    datalist: dict
+    infer_dir: Path
+
+
+def make_demo_task(
+    base: Path, task: str, n: int, size: int | None = None, seed: int = 0, write_file: bool = True
+) -> DemoTask:
+    """Generate a demo dataset and its datalist (split by patient for LGG) plus a folder of the test images.
+
+    With ``write_file`` the datalist is written to ``datalist.json`` (0.6/0.2/0.2 split); without, the bundles
+    build it from the folder layout, and ``datalist`` holds what they build (``load_datalist``'s 0.7/0.2/0.1).
+    """
+    root = base / task
+    if task == "brain_tumor":
+        demo.write_brain_tumor_png(root, n_cases=n, size=size or 64, seed=seed)
+    elif task == "lgg":
+        demo.write_lgg_tif(root, n_patients=n, slices_per_patient=4, size=size or 64, seed=seed)
+    elif task == "montgomery":
+        demo.write_montgomery_cxr(root, n=n, size=size or 96, seed=seed)
+    elif task == "shenzhen":
+        demo.write_shenzhen_cxr(root, n=n, size=size or 96, seed=seed)
+    else:
+        # non-square and mixed sizes, as in ISIC, so that inference must restore each input's own shape
+        sizes = ((size * 3 // 4, size), (size, size)) if size else ((48, 64), (64, 48), (56, 72))
+        demo.write_isic2018(root, n=n, seed=seed, sizes=sizes)
+    if write_file:
+        datalist = build_datalist(root, val_fraction=0.2, test_fraction=0.2, seed=seed)
+        write_datalist(datalist, root / "datalist.json")
+    else:
+        datalist = build_datalist(root, val_fraction=0.2, test_fraction=0.1)
+    infer_dir = base / f"{task}_to_segment"
+    infer_dir.mkdir()
+    for item in datalist["testing"]:
+        shutil.copy(root / item["image"], infer_dir)
+    return DemoTask(root, root / "datalist.json", datalist, infer_dir)
+
+
+def add_volume(folder: Path, channels: int, shape=(72, 64, 5), name: str = "volume.nii.gz") -> Path:
+    """Write a NIfTI volume with uneven spacing into ``folder`` (4D when ``channels`` > 1)."""
+    rng = np.random.default_rng(0)
+    data = rng.uniform(0, 255, shape + ((channels,) if channels > 1 else ())).astype(np.float32)
+    path = folder / name
+    nib.save(nib.Nifti1Image(data, np.diag([0.8, 1.2, 3.0, 1.0])), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> dict[str, DemoTask]:
+    """Small demo datasets for the CLI tests, generated once per session. The brain tumour set has no datalist
+    file (the bundle builds one from the layout); the LGG and chest X-ray folders to segment also hold a 3D NIfTI
+    volume (slice-by-slice path)."""
+    base = tmp_path_factory.mktemp("demo")
+    tasks = {
+        "brain_tumor": make_demo_task(base, "brain_tumor", n=10, write_file=False),
+        "lgg": make_demo_task(base, "lgg", n=5),
+        "montgomery": make_demo_task(base, "montgomery", n=8),
+        "isic2018": make_demo_task(base, "isic2018", n=8),
+    }
+    add_volume(tasks["lgg"].infer_dir, channels=3)
+    add_volume(tasks["montgomery"].infer_dir, channels=1)
+    return tasks
+
+
+def _format(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def cli_args(bundle: str, configs: Sequence[str], overrides: dict | None = None) -> list[str]:
+    """Arguments of ``python -m monai.bundle run`` for configs of ``bundle`` plus ``--key value`` overrides."""
+    files = [str(BUNDLES_DIR / bundle / "configs" / name) for name in configs]
+    config_file = files[0] if len(files) == 1 else json.dumps(files)
+    args = ["-m", "monai.bundle", "run", "--config_file", config_file]
+    for key, value in (overrides or {}).items():
+        args += [f"--{key}", _format(value)]
+    return args
+
+
+def subprocess_env(threads: int = 1) -> dict[str, str]:
+    """Environment for CLI subprocesses: one torch thread each, since the tests run two at a time on 2 cores."""
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+    return env
+
+
+@dataclass
+class CliResult:
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def check(self) -> CliResult:
+        assert self.returncode == 0, f"{' '.join(self.args)}\nexit {self.returncode}\n{self.stderr[-4000:]}"
+        return self
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 600) -> CliResult:
+    """Run one CLI command (``python <args>``) in ``cwd`` and capture its output."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=subprocess_env()
+    )
+    return CliResult([sys.executable, *args], done.returncode, done.stdout, done.stderr, time.perf_counter() - start)
+
+
+def run_parallel(
+    jobs: dict[str, tuple[list[str], Path]], workers: int = 2, timeout: float = 900
+) -> dict[str, CliResult]:
+    """Run CLI commands ``{name: (args, cwd)}`` with at most ``workers`` at a time (the machine has 2 cores)."""
+    pending, running, results = list(jobs.items()), {}, {}
+    deadline = time.monotonic() + timeout
+    while pending or running:
+        while pending and len(running) < workers:
+            name, (args, cwd) = pending.pop(0)
+            out, err = cwd / f"{name}.stdout", cwd / f"{name}.stderr"
+            cwd.mkdir(parents=True, exist_ok=True)
+            with open(out, "w") as fo, open(err, "w") as fe:
+                process = subprocess.Popen(
+                    [sys.executable, *args], cwd=cwd, stdout=fo, stderr=fe, text=True, env=subprocess_env()
+                )
+            running[name] = (process, args, cwd, time.perf_counter())
+        for name, (process, args, cwd, start) in list(running.items()):
+            if process.poll() is not None:
+                results[name] = CliResult(
+                    [sys.executable, *args],
+                    process.returncode,
+                    (cwd / f"{name}.stdout").read_text(),
+                    (cwd / f"{name}.stderr").read_text(),
+                    time.perf_counter() - start,
+                )
+                del running[name]
+        if time.monotonic() > deadline:
+            for process, *_ in running.values():
+                process.kill()
+            raise TimeoutError(f"bundle CLI runs did not finish in {timeout} s: {sorted(running)}")
+        time.sleep(0.2)
+    return results

@@ -1,0 +1,209 @@
+"""Unit tests of what the bundles add to MONAI: mask union, in-plane resize, mask saving, curves PNG, input checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from PIL import Image
+
+from monai.data import MetaTensor
+from monai.transforms import Compose, Invertd, LoadImaged
+
+from conftest import add_volume, make_demo_task
+
+from custom_networks.data.bundle_inputs import INPUT_ERROR, image_channels, list_images, load_datalist
+from custom_networks.handlers import TrainingCurvesSaver
+from custom_networks.transforms import ResizeInPlane, ResizeInPlaned, SaveMaskd, UnionMaskChannels, UnionMaskChannelsd
+
+
+def test_union_of_montgomery_left_and_right_masks(tmp_path):
+    task = make_demo_task(tmp_path, "montgomery", n=5, size=48)
+    item = {
+        key: [str(task.root / p) for p in value] if isinstance(value, list) else str(task.root / value)
+        for key, value in task.datalist["training"][0].items()
+    }
+    loaded = Compose([LoadImaged(["image", "label"], ensure_channel_first=True), UnionMaskChannelsd("label")])(item)
+    left, right = (np.asarray(Image.open(path)) for path in item["label"])
+    assert loaded["label"].shape == (1, 48, 48)
+    # PIL arrays are (rows, columns); MONAI's PILReader returns (columns, rows)
+    expected = ((left > 0) | (right > 0)).T.astype(np.float32)
+    np.testing.assert_array_equal(loaded["label"][0].numpy(), expected)
+    assert 0 < expected.sum() < expected.size
+
+
+@pytest.mark.parametrize("threshold, expected", [(0.5, [[0, 1, 1, 1]]), (200, [[0, 0, 1, 1]])])
+def test_union_mask_channels_threshold_is_at_or_above(threshold, expected):
+    mask = torch.tensor([[[0, 128, 200, 255]], [[0, 0, 0, 255]]], dtype=torch.float32)
+    out = UnionMaskChannels(threshold)(mask)
+    assert out.shape == (1, 1, 4) and out.dtype == torch.float32
+    np.testing.assert_array_equal(out[0].numpy(), expected)
+    np.testing.assert_array_equal(UnionMaskChannels(threshold)(mask.numpy()), out.numpy())
+
+
+@pytest.mark.parametrize("shape, expected", [((2, 40, 30), (2, 16, 24)), ((1, 40, 30, 5), (1, 16, 24, 5))])
+def test_resize_in_plane_keeps_depth_and_inverts(shape, expected):
+    image = MetaTensor(torch.rand(shape), affine=torch.diag(torch.tensor([0.8, 1.2, 3.0, 1.0])))
+    resize = Compose([ResizeInPlaned("image", (16, 24), mode="bilinear")])
+    item = resize({"image": image})
+    assert tuple(item["image"].shape) == expected
+    assert torch.allclose(item["image"].affine[0, 0], torch.tensor(0.8 * 40 / 16, dtype=torch.float64))
+    item["pred"] = item["image"].clone()
+    restored = Invertd("pred", resize, orig_keys="image", nearest_interp=False)(item)
+    assert restored["pred"].shape == image.shape
+    torch.testing.assert_close(restored["pred"].affine, image.affine)
+
+
+def test_resize_in_plane_rejects_1d():
+    with pytest.raises(ValueError, match="spatial dims"):
+        ResizeInPlane((4, 4))(torch.rand(1, 8))
+
+
+def test_save_mask_writes_png_for_2d_and_nifti_for_3d(tmp_path):
+    volume_path = add_volume(tmp_path, channels=1, shape=(12, 10, 3))
+    volume = LoadImaged("image", ensure_channel_first=True)({"image": str(volume_path)})["image"]
+    flat = MetaTensor(torch.zeros(1, 12, 10), meta={"filename_or_obj": str(tmp_path / "slice.png")})
+    flat[0, 2:5, 1:3] = 1
+    mask_3d = (volume > 128).float()
+    mask_3d.meta = volume.meta
+    saver = SaveMaskd("pred", output_dir=tmp_path / "out")
+    saver({"pred": flat})
+    saver({"pred": mask_3d})
+    png = np.asarray(Image.open(tmp_path / "out" / "slice_seg.png"))
+    np.testing.assert_array_equal(png.T, flat[0].numpy() * 255)
+    nifti = nib.load(tmp_path / "out" / "volume_seg.nii.gz")
+    np.testing.assert_array_equal(np.asarray(nifti.dataobj), mask_3d[0].numpy())
+    np.testing.assert_allclose(nifti.affine, nib.load(volume_path).affine)
+
+
+def test_training_curves_png_holds_loss_and_validation_metrics(tmp_path):
+    losses = iter([1.0, 0.8, 0.6, 0.5])
+    # MONAI's SupervisedTrainer leaves a decollated list of per-sample dicts in state.output
+    trainer = Engine(lambda engine, batch: [{"loss": next(losses)}])
+    evaluator = Engine(lambda engine, batch: None)
+
+    @evaluator.on(Events.COMPLETED)
+    def set_metrics(engine):
+        engine.state.metrics = {"val_mean_dice": 0.5 + 0.1 * trainer.state.epoch, "val_hd95": 9.0}
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: evaluator.run([0]))
+    curves = TrainingCurvesSaver(tmp_path / "plots" / "curves.png", evaluator=evaluator)
+    curves.attach(trainer)
+    trainer.run([0, 1], max_epochs=2)
+    assert [value for _, value in curves.loss] == [1.0, 0.8, 0.6, 0.5]
+    assert curves.metrics["val_mean_dice"] == [(2, pytest.approx(0.6)), (4, pytest.approx(0.7))]
+    with Image.open(tmp_path / "plots" / "curves.png") as image:
+        assert image.format == "PNG" and image.size[1] > image.size[0]
+
+
+def _write(path: Path, mode: str, size=(8, 6)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size).save(path)
+    return path
+
+
+def test_image_channels_from_headers(tmp_path):
+    assert image_channels(_write(tmp_path / "g.png", "L")) == 1
+    assert image_channels(_write(tmp_path / "c.jpg", "RGB")) == 3
+    assert image_channels(_write(tmp_path / "a.png", "RGBA")) == 4
+    assert image_channels(_write(tmp_path / "t.tif", "RGB")) == 3
+    assert image_channels(add_volume(tmp_path, channels=1, shape=(4, 4, 2), name="v.nii.gz")) == 1
+    assert image_channels(add_volume(tmp_path, channels=3, shape=(4, 4, 2), name="v3.nii.gz")) == 3
+
+
+def _datalist(folder: Path, content: dict) -> Path:
+    path = folder / "datalist.json"
+    path.write_text(json.dumps(content))
+    return path
+
+
+def _expect_exit(call, *parts: str) -> str:
+    with pytest.raises(SystemExit) as raised:
+        call()
+    message = str(raised.value.code)
+    assert message.startswith(f"{INPUT_ERROR}: ") and "\n" not in message
+    for part in parts:
+        assert part in message
+    return message
+
+
+def test_load_datalist_resolves_paths_and_checks_channels(tmp_path):
+    image, label = _write(tmp_path / "images" / "1.png", "L"), _write(tmp_path / "masks" / "1.png", "L")
+    datalist = _datalist(tmp_path, {"training": [{"image": "images/1.png", "label": "masks/1.png"}]})
+    assert load_datalist(tmp_path, datalist, "training", 1) == [{"image": str(image), "label": str(label)}]
+    _expect_exit(lambda: load_datalist(tmp_path, datalist, "training", 3), str(image), "1 channel(s)", "expects 3")
+    _expect_exit(lambda: load_datalist(tmp_path, datalist, "validation", 1), "no 'validation' items")
+
+
+def test_load_datalist_reports_missing_and_empty_folders_and_files(tmp_path):
+    missing = tmp_path / "missing"
+    _expect_exit(lambda: load_datalist(missing, missing / "d.json", "training", 1), str(missing), "does not exist")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _expect_exit(lambda: load_datalist(empty, empty / "d.json", "training", 1), str(empty), "is empty")
+    folder = tmp_path / "data"
+    _write(folder / "images" / "1.png", "L")
+    _expect_exit(
+        lambda: load_datalist(folder, folder / "d.json", "training", 1),
+        str(folder),
+        "no datalist could be built",
+        "no known dataset layout",
+    )
+    datalist = _datalist(folder, {"training": [{"image": "images/2.png", "label": "masks/1.png"}]})
+    _expect_exit(lambda: load_datalist(folder, datalist, "training", 1), "masks/1.png", "not found")
+    _write(folder / "masks" / "1.png", "L")
+    _expect_exit(lambda: load_datalist(folder, datalist, "training", 1), "images/2.png", "file not found")
+    (folder / "datalist.json").write_text("{not json")
+    _expect_exit(lambda: load_datalist(folder, datalist, "training", 1), "not a readable JSON datalist")
+
+
+def test_load_datalist_builds_from_the_layout_without_a_datalist_file(tmp_path):
+    task = make_demo_task(tmp_path, "brain_tumor", n=10, size=32, write_file=False)
+    assert not task.datalist_file.exists()
+    for split in ("training", "validation", "testing"):
+        items = load_datalist(task.root, task.datalist_file, split, 1)
+        expected = [
+            {"image": str(task.root / i["image"]), "label": str(task.root / i["label"])} for i in task.datalist[split]
+        ]
+        assert items == expected
+    assert [len(task.datalist[split]) for split in ("training", "validation", "testing")] == [7, 2, 1]
+
+
+def test_load_datalist_k_fold_validation_is_the_chosen_fold(tmp_path):
+    for name in ("a", "b", "c"):
+        _write(tmp_path / "images" / f"{name}.png", "L")
+        _write(tmp_path / "masks" / f"{name}.png", "L")
+    training = [{"image": f"images/{n}.png", "label": f"masks/{n}.png", "fold": k} for k, n in enumerate("abc")]
+    datalist = _datalist(tmp_path, {"training": training, "testing": []})
+    assert [Path(i["image"]).stem for i in load_datalist(tmp_path, datalist, "validation", 1, fold=1)] == ["b"]
+    assert [Path(i["image"]).stem for i in load_datalist(tmp_path, datalist, "training", 1, fold=1)] == ["a", "c"]
+    _expect_exit(lambda: load_datalist(tmp_path, datalist, "testing", 1), "no 'testing' items")
+
+
+def test_load_datalist_checks_both_montgomery_masks(tmp_path):
+    _write(tmp_path / "CXR_png" / "a.png", "L")
+    _write(tmp_path / "ManualMask" / "leftMask" / "a.png", "L")
+    item = {"image": "CXR_png/a.png", "label": ["ManualMask/leftMask/a.png", "ManualMask/rightMask/a.png"]}
+    datalist = _datalist(tmp_path, {"training": [item]})
+    _expect_exit(lambda: load_datalist(tmp_path, datalist, "training", 1), "rightMask/a.png", "not found")
+
+
+def test_list_images_for_inference(tmp_path):
+    _write(tmp_path / "b.png", "L")
+    _write(tmp_path / "a.jpg", "L")
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "sub").mkdir()
+    assert [Path(item["image"]).name for item in list_images(tmp_path, 1)] == ["a.jpg", "b.png"]
+    _expect_exit(lambda: list_images(tmp_path, 3), "a.jpg", "expects 3")
+    only_text = tmp_path / "text"
+    only_text.mkdir()
+    (only_text / "x.txt").write_text("x")
+    _expect_exit(lambda: list_images(only_text, 1), str(only_text), "no image files")
+    broken = _write(tmp_path / "broken" / "x.png", "L")
+    broken.write_bytes(b"not a png")
+    _expect_exit(lambda: list_images(broken.parent, 1), "x.png", "not a readable image")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from custom_networks.clinical.atomic import AtomicNibabelWriter, atomic_path
+from custom_networks.clinical.bundle_config import bundle_metadata, is_on, segment_labels
 from custom_networks.clinical.cases import (
     Case,
     CaseOutcome,
@@ -15,6 +16,7 @@ from custom_networks.clinical.cases import (
 from custom_networks.clinical.dicom_series import SeriesRules, discover_series, load_series, select_series, sort_series
 from custom_networks.clinical.errors import CaseError
 from custom_networks.clinical.load_case import LoadClinicalImage, LoadClinicalImaged, input_form
+from custom_networks.clinical.mask_writer import AtomicPILWriter, SaveClinicalMaskd
 from custom_networks.clinical.overlay import SaveOverlayPNGd
 from custom_networks.clinical.radiograph import load_radiograph
 from custom_networks.clinical.seg_writer import SaveDicomSegd
@@ -22,6 +24,7 @@ from custom_networks.clinical.slice_inferer import SliceWiseInferer
 
 __all__ = [
     "AtomicNibabelWriter",
+    "AtomicPILWriter",
     "Case",
     "CaseError",
     "CaseOutcome",
@@ -30,17 +33,21 @@ __all__ = [
     "LoadClinicalImage",
     "LoadClinicalImaged",
     "RecordCaseOutcomed",
+    "SaveClinicalMaskd",
     "SaveDicomSegd",
     "SaveOverlayPNGd",
     "SeriesRules",
     "SliceWiseInferer",
     "atomic_path",
+    "bundle_metadata",
     "cases_datalist",
     "discover_cases",
     "discover_series",
     "input_form",
+    "is_on",
     "load_radiograph",
     "load_series",
+    "segment_labels",
     "select_series",
     "sort_series",
 ]

@@ -200,6 +200,9 @@ class CaseOutcomeRecorder:
         with atomic_path(json_path) as temporary:
             temporary.write_text(json.dumps({"counts": counts, "cases": rows}, indent=2))
         shutil.rmtree(self.outcomes_dir, ignore_errors=True)
+        logger.info(
+            "run summary: %d case(s) ok, %d failed: %s", counts[STATUS_OK], counts[STATUS_FAILED], csv_path.resolve()
+        )
         return csv_path, json_path
 
 

@@ -21,9 +21,9 @@ from custom_networks.clinical.dicom_files import read_header
 from custom_networks.clinical.dicom_series import (
     DicomSeries,
     SeriesRules,
-    SortedSeries,
-    load_series,
+    discover_series,
     read_volume,
+    select_series,
     sort_series,
 )
 from custom_networks.clinical.errors import CaseError, one_line
@@ -44,12 +44,15 @@ from custom_networks.clinical.radiograph import is_radiograph, load_radiograph
 __all__ = ["IMAGE_SUFFIXES", "NIFTI_SUFFIXES", "LoadClinicalImage", "LoadClinicalImaged", "grey_or_rgb", "input_form"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _GREY_PIL_MODES = ("L", "I", "I;16", "F")
 
 
 def input_form(path: PathLike) -> str:
-    """What ``path`` is: a NIfTI file, a DICOM folder, a DICOM file or a PNG/JPG (a ``FORM_*`` of ``meta``)."""
+    """What ``path`` is: a NIfTI file, a DICOM folder, a DICOM file or a 2D image file such as PNG/JPG/TIFF.
+
+    Returns one ``FORM_*`` of :mod:`~custom_networks.clinical.meta`.
+    """
     path = Path(path)
     if path.is_dir():
         return FORM_DICOM_FOLDER
@@ -63,7 +66,9 @@ def input_form(path: PathLike) -> str:
     if name.endswith(".dcm") or pydicom.misc.is_dicom(path):
         return FORM_DICOM_FILE
     raise CaseError(
-        path, "unrecognised input: expected a NIfTI file, a PNG/JPG, a DICOM file or a folder holding a DICOM series"
+        path,
+        "unrecognised input: expected a NIfTI file, a PNG/JPG/TIFF/BMP image, a DICOM file or a folder holding a "
+        "DICOM series",
     )
 
 
@@ -77,7 +82,9 @@ def grey_or_rgb(image: Image.Image) -> Image.Image:
 class LoadClinicalImage(Transform):
     """Load a clinical case as a channel-first ``MetaTensor`` whose affine places it as MONAI's readers do.
 
-    Accepts a NIfTI file (MONAI ``NibabelReader``), a PNG/JPG (``PILReader``), a folder holding DICOM series
+    Accepts a NIfTI file (MONAI ``NibabelReader``; a 4D file only when its 4th dimension holds exactly
+    ``expected_channels`` > 1 channels, e.g. the three MR contrasts of the LGG bundles), a PNG/JPG/TIFF/BMP image
+    (``PILReader``), a folder holding DICOM series
     (several series are resolved by ``modalities`` / ``series_description`` / ``prefer_most_slices``), a
     single-frame radiograph (CR/DX; MONOCHROME1 inverted) or a single DICOM slice.
 
@@ -90,7 +97,8 @@ class LoadClinicalImage(Transform):
     and, for DICOM, ``dicom_source_files``: the source paths in slice order (for a SEG to reference).
 
     Args:
-        modalities: accepted DICOM Modality values when a folder holds several series; empty accepts any.
+        modalities: accepted DICOM Modality values (of the series of a folder, or of a single DICOM file); empty
+            accepts any.
         series_description: regular expression a chosen series' SeriesDescription must contain.
         prefer_most_slices: among several matching series take the one with most slices.
         expected_channels: the number of channels the bundle's network takes; other counts are rejected.
@@ -134,10 +142,13 @@ class LoadClinicalImage(Transform):
             image = self._load_with(self.image_loader, path, "image file")
             image.meta[INPUT_KIND_KEY] = KIND_IMAGE_2D
         elif form == FORM_DICOM_FOLDER:
-            volume, geometry = load_series(path, self.rules, self.dtype)
-            image = self._series_image(path, volume, geometry)
+            series = select_series(path, discover_series(path), self.rules)
+            image = self._dicom_image(path, series)
         else:
-            image = self._load_dicom_file(path)
+            header = read_header(path)
+            self._check_modality(path, header)
+            series = DicomSeries(str(header.get("SeriesInstanceUID", "")), (path,), (header,))
+            image = self._dicom_image(path, series)
         self._check_values(path, image)
         return image
 
@@ -155,22 +166,31 @@ class LoadClinicalImage(Transform):
         except Exception as error:
             raise CaseError(path, f"corrupt NIfTI header ({type(error).__name__}: {error})") from error
         spatial = tuple(s for i, s in enumerate(shape) if i < 3 or s != 1)
-        if len(spatial) > 3:
-            raise CaseError(path, f"{len(spatial)}D NIfTI (shape {tuple(shape)}): give one 2D or 3D image per file")
+        channels = self.expected_channels or 1
+        if len(spatial) > 3 and not (len(spatial) == 4 and channels > 1 and spatial[3] == channels):
+            also = f" (or {channels} channels in the 4th dimension)" if channels > 1 else ""
+            raise CaseError(
+                path, f"{len(spatial)}D NIfTI (shape {tuple(shape)}): give one 2D or 3D image per file{also}"
+            )
         image = self._load_with(self.nifti_loader, path, "NIfTI file")
         image.meta[INPUT_KIND_KEY] = KIND_NIFTI
         return image
 
-    def _load_dicom_file(self, path: Path) -> MetaTensor:
-        header = read_header(path)
-        if is_radiograph(header):
-            pixels, affine, extra = load_radiograph(path, header)
-            meta = {**extra, INPUT_KIND_KEY: KIND_DICOM_RADIOGRAPH, SOURCE_FILES_KEY: [str(path)]}
-            return _meta_tensor(path, pixels.astype(self.dtype), affine, meta)
-        geometry = sort_series(DicomSeries(str(header.get("SeriesInstanceUID", "")), (path,), (header,)))
-        return self._series_image(path, read_volume(geometry, self.dtype), geometry)
+    def _check_modality(self, path: Path, header: pydicom.Dataset) -> None:
+        """A single DICOM file passes the same modality rule as the series of a folder."""
+        modality = str(header.get("Modality", ""))
+        if self.rules.modalities and modality.upper() not in {m.upper() for m in self.rules.modalities}:
+            raise CaseError(path, f"modality {modality or '(missing)'} is not one of {list(self.rules.modalities)}")
 
-    def _series_image(self, path: Path, volume: np.ndarray, geometry: SortedSeries) -> MetaTensor:
+    def _dicom_image(self, path: Path, series: DicomSeries) -> MetaTensor:
+        """A radiograph (one projection image, also when alone in a folder) or a volume of slices."""
+        if len(series.files) == 1 and is_radiograph(series.headers[0]):
+            source = series.files[0]
+            pixels, affine, extra = load_radiograph(source, series.headers[0])
+            meta = {**extra, INPUT_KIND_KEY: KIND_DICOM_RADIOGRAPH, SOURCE_FILES_KEY: [str(source)]}
+            return _meta_tensor(path, pixels.astype(self.dtype), affine, meta)
+        geometry = sort_series(series)
+        volume = read_volume(geometry, self.dtype)
         meta = {
             MetaKeys.SPACE: SpaceKeys.RAS,
             INPUT_KIND_KEY: KIND_DICOM_SERIES,

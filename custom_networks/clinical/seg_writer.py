@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+import logging
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import highdicom as hd
 import numpy as np
@@ -28,6 +30,18 @@ __all__ = ["SaveDicomSegd"]
 # used when ``segment_codes`` names no codes for a segment: SNOMED CT "Tissue" for category and type
 _DEFAULT_CODE = ("85756007", "SCT", "Tissue")
 _AFFINE_TOLERANCE = 1e-3
+
+
+@contextmanager
+def _quiet_highdicom() -> Iterator[None]:
+    """highdicom logs each module it copies at INFO level; bundle runs print INFO logs, so hold those back."""
+    highdicom_logger = logging.getLogger("highdicom")
+    level = highdicom_logger.level
+    highdicom_logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        highdicom_logger.setLevel(level)
 
 
 class SaveDicomSegd(MapTransform):
@@ -107,7 +121,15 @@ class SaveDicomSegd(MapTransform):
         """Write the SEG of ``label`` for the DICOM source described by ``source_meta``; return its path."""
         sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in source_meta[SOURCE_FILES_KEY]]
         frames = self._frames(label, source_meta, sources)
-        segmentation = hd.seg.Segmentation(
+        with _quiet_highdicom():
+            segmentation = self._segmentation(sources, frames)
+        path = str(self.layout.filename(subject=source_meta["filename_or_obj"]))
+        with atomic_path(path) as temporary:
+            segmentation.save_as(temporary)
+        return path
+
+    def _segmentation(self, sources: list[pydicom.Dataset], frames: np.ndarray) -> hd.seg.Segmentation:
+        return hd.seg.Segmentation(
             source_images=sources,
             pixel_array=frames,
             segmentation_type=self.segmentation_type,
@@ -124,10 +146,6 @@ class SaveDicomSegd(MapTransform):
             content_description=f"{self.algorithm_name} {self.algorithm_version}"[:64],
             series_description=f"{self.algorithm_name} segmentation"[:64],
         )
-        path = str(self.layout.filename(subject=source_meta["filename_or_obj"]))
-        with atomic_path(path) as temporary:
-            segmentation.save_as(temporary)
-        return path
 
     def _frames(self, label: torch.Tensor, source_meta: Mapping, sources: list[pydicom.Dataset]) -> np.ndarray:
         """``(slices, rows, columns)`` segment numbers, frame ``k`` from slice ``k`` of the source grid."""

@@ -22,13 +22,16 @@ class SliceWiseInferer(Inferer):
     single 2D images. Here ``slice_transform`` (e.g. the training ``Compose([NormalizeIntensity(), Resize(...)])``)
     is applied to every ``(C, H, W)`` slice on its own; the network output is resized back to the slice's size
     (``output_mode`` interpolation) and the slices are stacked in place. A 2D input ``(B, C, H, W)`` is one slice
-    per batch item, so the same inferer serves 2D and 3D cases.
+    per batch item, so the same inferer serves 2D and 3D cases. Slices larger than the training size, or of a size
+    the network does not accept, go through an inner ``inferer`` such as MONAI's ``SlidingWindowInferer``.
 
     Args:
         spatial_dim: spatial axis (0, 1 or 2) of a 3D input along which it is cut into slices.
         slice_transform: applied to each ``(C, H, W)`` slice before the network; ``None`` leaves slices unchanged.
         sw_batch_size: slices per network call.
         output_mode: interpolation of the network output back to the slice size (``"bilinear"`` for logits).
+        inferer: runs the network on each batch of prepared slices (e.g. ``SlidingWindowInferer``); ``None`` calls
+            the network directly.
 
     Shapes:
         input ``(B, C, H, W)`` or ``(B, C, X, Y, Z)``; output ``(B, C_out, *spatial)`` of the input's spatial size,
@@ -41,6 +44,7 @@ class SliceWiseInferer(Inferer):
         slice_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         sw_batch_size: int = 8,
         output_mode: str = "bilinear",
+        inferer: Inferer | None = None,
     ) -> None:
         super().__init__()
         if spatial_dim not in (0, 1, 2):
@@ -49,6 +53,7 @@ class SliceWiseInferer(Inferer):
         self.slice_transform = slice_transform
         self.sw_batch_size = sw_batch_size
         self.output_mode = output_mode
+        self.inferer = inferer
 
     def __call__(
         self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
@@ -65,7 +70,10 @@ class SliceWiseInferer(Inferer):
         for start in range(0, flat.shape[0], self.sw_batch_size):
             chunk = flat[start : start + self.sw_batch_size]
             prepared = torch.stack([self._prepare(s) for s in chunk])
-            predicted = network(prepared, *args, **kwargs)
+            if self.inferer is None:
+                predicted = network(prepared, *args, **kwargs)
+            else:
+                predicted = self.inferer(prepared, network, *args, **kwargs)
             if predicted.shape[2:] != chunk.shape[2:]:
                 predicted = F.interpolate(predicted, size=tuple(chunk.shape[2:]), mode=self.output_mode)
             outputs.append(predicted)

@@ -1,0 +1,242 @@
+"""Every bundle exported to TorchScript, fp32 ONNX and int8 ONNX, and run through its ``inference_onnx.json``.
+
+One module fixture trains each bundle for one epoch at tiny widths, exports it with
+``scripts/export_bundle_models.py`` (its ``main`` called in-process), and segments the demo folder with
+``inference.json`` and with ``inference.json`` + ``inference_onnx.json``. One bundle trains and segments with ONNX
+through ``python -m monai.bundle run`` in a background thread; the others run the same workflows in-process through
+``ConfigWorkflow`` (what the CLI runs), because every CLI process spends about 15 s of CPU on imports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import runpy
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import BUNDLE_TASK, BUNDLES, BUNDLES_DIR, REPO, TINY_OVERRIDES, cli_args, run_cli
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.data import load_net_with_metadata
+from PIL import Image
+
+from custom_networks.deploy.bundle_export import export_bundle
+from custom_networks.deploy.onnx_export import check_onnx_against_torch
+from custom_networks.deploy.onnx_network import OnnxRuntimeNetwork
+
+EXPORT_SCRIPT = REPO / "scripts" / "export_bundle_models.py"
+MODEL_FILES = ("model.ts", "model.onnx", "model_int8_dynamic.onnx", "model_int8_static.onnx")
+# the bundle whose ONNX inference runs through the CLI, and the one also run with the fp32 ONNX model
+CLI_BUNDLE = "chest_xray_lung_ag_min_aspp_unet"
+FP32_BUNDLE = "lgg_mri_cbam_unet"
+CALIBRATION_SAMPLES = 4
+
+
+def configs_of(bundle: str) -> Path:
+    return BUNDLES_DIR / bundle / "configs"
+
+
+def export_cli(argv: list[str]) -> str:
+    """Run the export script's ``main`` in this process and return what it printed."""
+    main = runpy.run_path(str(EXPORT_SCRIPT), run_name="export_bundle_models")["main"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        main(argv)
+    return printed.getvalue()
+
+
+def run_in_process(bundle: str, configs: list[str], workflow_type: str, overrides: dict) -> None:
+    """What ``python -m monai.bundle run`` does, without starting an interpreter (about 15 s of imports each)."""
+    files = [str(configs_of(bundle) / name) for name in configs]
+    workflow = ConfigWorkflow(config_file=files, logging_file=False, workflow_type=workflow_type, **overrides)
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+
+
+@pytest.fixture(scope="module")
+def runs(demo_data, tmp_path_factory) -> dict:
+    work = tmp_path_factory.mktemp("deploy_bundles")
+    layout = {}
+    for bundle in BUNDLES:
+        task = demo_data[BUNDLE_TASK[bundle]]
+        layout[bundle] = {"root": work / bundle / "bundle_root", "task": task, "cwd": work / bundle / "cwd",
+                          **{kind: work / bundle / f"pred_{kind}" for kind in ("torch", "onnx", "fp32")}}
+        layout[bundle]["cwd"].mkdir(parents=True)
+
+    def train_overrides(bundle: str) -> dict:
+        return {"bundle_root": str(layout[bundle]["root"]), "dataset_dir": str(layout[bundle]["task"].root),
+                "num_workers": 0, "batch_size": 2, "train#trainer#max_epochs": 1, **TINY_OVERRIDES[bundle]}
+
+    def infer_overrides(bundle: str, kind: str) -> dict:
+        return {"bundle_root": str(layout[bundle]["root"]), "dataset_dir": str(layout[bundle]["task"].infer_dir),
+                "output_dir": str(layout[bundle][kind]), **TINY_OVERRIDES[bundle]}
+
+    printed = {}
+
+    def export(bundle: str) -> None:
+        overrides = [arg for key, value in TINY_OVERRIDES[bundle].items() for arg in (f"--{key}", json.dumps(value))]
+        printed[bundle] = export_cli([str(BUNDLES_DIR / bundle), "--bundle_root", str(layout[bundle]["root"]),
+                                      "--dataset_dir", str(layout[bundle]["task"].root),
+                                      "--calibration_samples", str(CALIBRATION_SAMPLES), *overrides])
+
+    with ThreadPoolExecutor(max_workers=1) as background:
+        cli_train = background.submit(run_cli, cli_args(CLI_BUNDLE, ["train.json"], train_overrides(CLI_BUNDLE)),
+                                      layout[CLI_BUNDLE]["cwd"])
+        for bundle in BUNDLES:
+            if bundle != CLI_BUNDLE:
+                run_in_process(bundle, ["train.json"], "train", train_overrides(bundle))
+                export(bundle)
+        cli_train.result().check()
+        export(CLI_BUNDLE)
+
+        onnx_configs = ["inference.json", "inference_onnx.json"]
+        cli_infer = background.submit(
+            run_cli, cli_args(CLI_BUNDLE, onnx_configs, infer_overrides(CLI_BUNDLE, "onnx")), layout[CLI_BUNDLE]["cwd"]
+        )
+        for bundle in BUNDLES:
+            run_in_process(bundle, ["inference.json"], "infer", infer_overrides(bundle, "torch"))
+            if bundle != CLI_BUNDLE:
+                run_in_process(bundle, onnx_configs, "infer", infer_overrides(bundle, "onnx"))
+        fp32 = {"onnx_model": str(layout[FP32_BUNDLE]["root"] / "models" / "model.onnx"),
+                "ckpt_path": str(work / "no_checkpoint_here.pt")}
+        run_in_process(FP32_BUNDLE, onnx_configs, "infer", {**infer_overrides(FP32_BUNDLE, "fp32"), **fp32})
+        cli_infer.result().check()
+    return {"layout": layout, "printed": printed}
+
+
+def trained_network(runs: dict, bundle: str) -> torch.nn.Module:
+    parser = ConfigParser()
+    parser.read_config(configs_of(bundle) / "inference.json")
+    parser.update(TINY_OVERRIDES[bundle])
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(runs["layout"][bundle]["root"] / "models" / "model.pt", weights_only=True))
+    return net.eval()
+
+
+def in_channels(bundle: str) -> int:
+    meta = json.loads((configs_of(bundle) / "metadata.json").read_text())
+    return meta["network_data_format"]["inputs"]["image"]["num_channels"]
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_export_script_writes_every_model_and_reports_it(runs, bundle):
+    models = runs["layout"][bundle]["root"] / "models"
+    printed = runs["printed"][bundle]
+    for name in MODEL_FILES:
+        assert (models / name).stat().st_size > 0
+        assert f"wrote {models / name} (" in printed
+    assert f"calibrated on {CALIBRATION_SAMPLES} training images" in printed
+    assert not list(models.glob(".*partial"))
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_fp32_onnx_and_torchscript_match_the_trained_network(runs, bundle):
+    net = trained_network(runs, bundle)
+    models = runs["layout"][bundle]["root"] / "models"
+    torch.manual_seed(0)
+    channels = in_channels(bundle)
+    inputs = [torch.randn(1, channels, 64, 64), torch.randn(2, channels, 96, 64)]
+    assert check_onnx_against_torch(net, models / "model.onnx", inputs, atol=1e-4) <= 1e-4
+
+    scripted, meta, extra = load_net_with_metadata(str(models / "model.ts"), more_extra_files=("inference.json",))
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 2
+    assert json.loads(extra["inference.json"])["network_def"]["_target_"].startswith("custom_networks.")
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(inputs[1]), net(inputs[1]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_int8_models_are_quantized_and_run(runs, bundle):
+    models = runs["layout"][bundle]["root"] / "models"
+    ops = {name: {node.op_type for node in onnx.load(str(models / name)).graph.node}
+           for name in ("model.onnx", "model_int8_dynamic.onnx", "model_int8_static.onnx")}
+    assert not ops["model.onnx"] & {"QuantizeLinear", "ConvInteger", "DynamicQuantizeLinear"}
+    assert {"DynamicQuantizeLinear", "ConvInteger"} <= ops["model_int8_dynamic.onnx"]
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops["model_int8_static.onnx"]
+    x = torch.randn(1, in_channels(bundle), 64, 96)
+    for name in ("model_int8_dynamic.onnx", "model_int8_static.onnx"):
+        y = OnnxRuntimeNetwork(models / name)(x)
+        assert y.shape == (1, 2, 64, 96) and torch.isfinite(y).all()
+
+
+def output_summary(folder: Path) -> dict[str, tuple]:
+    """Per written mask: its shape (and affine for NIfTI) and the set of values it holds."""
+    summary = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.endswith(".nii.gz"):
+            mask = nib.load(path)
+            summary[path.name] = (mask.shape, tuple(np.round(mask.affine, 5).ravel()),
+                                  set(np.unique(np.asarray(mask.dataobj)).tolist()))
+        else:
+            with Image.open(path) as mask:
+                summary[path.name] = (mask.size, mask.mode, set(np.unique(np.asarray(mask)).tolist()))
+    return summary
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_onnx_inference_writes_the_same_kinds_of_outputs_as_torch(runs, bundle):
+    info = runs["layout"][bundle]
+    torch_outputs, onnx_outputs = output_summary(info["torch"]), output_summary(info["onnx"])
+    assert len(torch_outputs) == len(list(info["task"].infer_dir.iterdir()))
+    assert onnx_outputs.keys() == torch_outputs.keys()
+    for name, (shape, kind, values) in torch_outputs.items():
+        onnx_shape, onnx_kind, onnx_values = onnx_outputs[name]
+        assert (onnx_shape, onnx_kind) == (shape, kind), name
+        allowed = {0, 1} if name.endswith(".nii.gz") else {0, 255}
+        assert values <= allowed and onnx_values <= allowed, name
+
+
+def test_fp32_onnx_inference_reproduces_the_torch_masks_without_the_checkpoint(runs):
+    """With ``--onnx_model models/model.onnx`` the masks equal torch's; ``ckpt_path`` pointed at a missing file
+    shows that the ONNX config never loads the torch checkpoint."""
+    info = runs["layout"][FP32_BUNDLE]
+    names = sorted(path.name for path in info["torch"].iterdir())
+    assert names == sorted(path.name for path in info["fp32"].iterdir())
+    assert any(name.endswith(".nii.gz") for name in names)
+    for name in names:
+        if name.endswith(".nii.gz"):
+            expected, actual = (np.asarray(nib.load(info[kind] / name).dataobj) for kind in ("torch", "fp32"))
+        else:
+            expected, actual = (np.asarray(Image.open(info[kind] / name)) for kind in ("torch", "fp32"))
+        assert np.mean(expected == actual) >= 0.999, name
+
+
+def test_missing_checkpoint_stops_with_one_line(tmp_path):
+    bundle = BUNDLES[0]
+    with pytest.raises(FileNotFoundError, match=r"models/model\.pt: checkpoint not found"):
+        export_bundle(tmp_path, config_dir=configs_of(bundle))
+    with pytest.raises(SystemExit) as stop:
+        export_cli([str(BUNDLES_DIR / bundle), "--bundle_root", str(tmp_path)])
+    message = str(stop.value.code)
+    assert message.startswith(f"error: {tmp_path / 'models' / 'model.pt'}: checkpoint not found")
+    assert "\n" not in message
+    assert not (tmp_path / "models").exists()
+
+
+def test_missing_or_broken_dataset_stops_before_writing(runs, tmp_path):
+    bundle = "lgg_mri_cbam_unet"
+    root = tmp_path / "bundle_root"
+    shutil.copytree(runs["layout"][bundle]["root"] / "models", root / "models",
+                    ignore=shutil.ignore_patterns("*.onnx", "*.ts"))
+    absent = tmp_path / "absent"
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{absent}: dataset_dir not found")):
+        export_bundle(root, dataset_dir=absent, config_dir=configs_of(bundle), overrides=TINY_OVERRIDES[bundle])
+
+    broken = tmp_path / "broken"
+    (broken / "masks").mkdir(parents=True)
+    Image.new("L", (64, 64)).save(broken / "masks" / "1.png")
+    item = {"image": "images/gone.tif", "label": "masks/1.png"}
+    (broken / "datalist.json").write_text(json.dumps({"training": [item], "validation": [item]}))
+    missing = broken / "images" / "gone.tif"
+    with pytest.raises(ValueError, match=re.escape(f"bundle input error: {missing}: file not found")):
+        export_bundle(root, dataset_dir=broken, config_dir=configs_of(bundle), overrides=TINY_OVERRIDES[bundle])
+    assert sorted(path.name for path in (root / "models").iterdir()) == ["model.pt", "model_final.pt"]

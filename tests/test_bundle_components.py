@@ -13,13 +13,26 @@ from ignite.engine import Engine, Events
 from PIL import Image
 
 from monai.data import MetaTensor
-from monai.transforms import Compose, Invertd, LoadImaged
+from monai.transforms import AsDiscrete, Compose, Invertd, LoadImaged
 
 from conftest import add_volume, make_demo_task
 
 from custom_networks.data.bundle_inputs import INPUT_ERROR, image_channels, list_images, load_datalist
 from custom_networks.handlers import TrainingCurvesSaver
-from custom_networks.transforms import ResizeInPlane, ResizeInPlaned, SaveMaskd, UnionMaskChannels, UnionMaskChannelsd
+from custom_networks.transforms import ChannelArgmaxd, ResizeInPlane, ResizeInPlaned, SaveMaskd, UnionMaskChannels, UnionMaskChannelsd
+
+
+def test_channel_argmax_equals_monai_argmax_ties_included_and_keeps_meta():
+    scores = torch.randint(0, 3, (3, 7, 5, 4)).float()  # small integers: many ties between channels
+    scores[:, 0, 0, 0] = 1.0
+    image = MetaTensor(scores, affine=torch.diag(torch.tensor([0.8, 1.2, 3.0, 1.0])), meta={"filename_or_obj": "x"})
+    out = ChannelArgmaxd("pred")({"pred": image})["pred"]
+    expected = AsDiscrete(argmax=True)(scores)
+    assert out.shape == (1, 7, 5, 4) and out.dtype == expected.dtype
+    torch.testing.assert_close(out.as_tensor(), torch.as_tensor(expected))
+    assert out[0, 0, 0, 0] == 0
+    torch.testing.assert_close(out.affine, image.affine)
+    assert out.meta["filename_or_obj"] == "x"
 
 
 def test_union_of_montgomery_left_and_right_masks(tmp_path):

@@ -166,7 +166,8 @@ class SaveOverlayPNGd(MapTransform):
     @staticmethod
     def _save(picture: np.ndarray, path: PathLike) -> str:
         with atomic_path(path) as temporary:
-            Image.fromarray(picture).save(temporary, format="PNG")
+            # fastest zlib level: level 6 (the default) spent 3 s on one 2048 x 2048 picture, level 1 0.7 s
+            Image.fromarray(picture).save(temporary, format="PNG", compress_level=1)
         return str(path)
 
 

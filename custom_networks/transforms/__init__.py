@@ -1,7 +1,16 @@
 """Transforms the bundles need that MONAI lacks."""
 
+from custom_networks.transforms.channel_argmax import ChannelArgmax, ChannelArgmaxd
 from custom_networks.transforms.resize_in_plane import ResizeInPlane, ResizeInPlaned
 from custom_networks.transforms.save_mask import SaveMaskd
 from custom_networks.transforms.union_mask_channels import UnionMaskChannels, UnionMaskChannelsd
 
-__all__ = ["ResizeInPlane", "ResizeInPlaned", "SaveMaskd", "UnionMaskChannels", "UnionMaskChannelsd"]
+__all__ = [
+    "ChannelArgmax",
+    "ChannelArgmaxd",
+    "ResizeInPlane",
+    "ResizeInPlaned",
+    "SaveMaskd",
+    "UnionMaskChannels",
+    "UnionMaskChannelsd",
+]

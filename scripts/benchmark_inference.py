@@ -98,7 +98,9 @@ def bundle_parts(bundles: Path, bundle: str, output_dir: Path) -> ConfigParser:
     parser = ConfigParser()
     parser.read_config(configs / "inference.json")
     parser.read_meta(configs / "metadata.json")
-    parser.update({"output_dir": str(output_dir), "device": "cpu", "save_overlays": True})
+    parser.update(
+        {"output_dir": str(output_dir), "summary_dir": str(output_dir), "device": "cpu", "save_overlays": True}
+    )
     return parser
 
 

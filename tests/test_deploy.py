@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from monai.data import Dataset
@@ -17,6 +18,7 @@ from custom_networks.deploy.quantize import (
     calibration_batches_from_dataset,
     quantize_dynamic_int8,
     quantize_static_int8,
+    store_conv_transpose_weights_as_int8,
 )
 from custom_networks.nets.ag_min_aspp_unet import AGMinASPPUNet
 from custom_networks.nets.attention_res_unet import AttentionResUNet
@@ -158,6 +160,9 @@ def test_quantized_graphs_follow_the_recipes(trained_models):
     dynamic = onnx.load(str(paths["dynamic"])).graph
     assert "ConvInteger" in {node.op_type for node in dynamic.node}
     assert onnx.TensorProto.UINT8 in {init.data_type for init in dynamic.initializer}
+    dynamic_initializers = {init.name: init for init in dynamic.initializer}
+    transposed = [node for node in dynamic.node if node.op_type == "ConvTranspose"]
+    assert transposed and not any(node.input[1] in dynamic_initializers for node in transposed)  # all via int8
 
     static = onnx.load(str(paths["static"])).graph
     initializers = {init.name: init for init in static.initializer}
@@ -221,3 +226,35 @@ def test_static_quantization_needs_calibration_data(tmp_path):
     with pytest.raises(ValueError, match="calibration"):
         quantize_static_int8(path, tmp_path / "int8.onnx", [])
     assert not (tmp_path / "int8.onnx").exists()
+
+
+def test_conv_transpose_weights_stored_as_int8_dequantize_to_the_weights():
+    torch.manual_seed(0)
+    layer = torch.nn.ConvTranspose2d(6, 4, kernel_size=2, stride=2).eval()
+    with torch.no_grad():
+        layer.weight[:, 2] = 0.0  # an all-zero output channel must not divide by zero
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], strides=[2, 2])],
+            "up",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 6, 5, 7])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 10, 14])],
+            [onnx.numpy_helper.from_array(layer.weight.detach().numpy(), "w"),
+             onnx.numpy_helper.from_array(layer.bias.detach().numpy(), "b")],
+        ),
+        opset_imports=[onnx.helper.make_opsetid("", 17)],
+        ir_version=8,
+    )
+    assert store_conv_transpose_weights_as_int8(model) == 1
+    onnx.checker.check_model(model)
+    initializers = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
+    assert "w" not in initializers and initializers["w_int8"].dtype == np.int8
+    scale = initializers["w_scale"]
+    assert scale.shape == (4,) and scale[2] == 1.0
+    dequantized = initializers["w_int8"] * scale.reshape(1, -1, 1, 1)
+    assert np.abs(dequantized - layer.weight.detach().numpy()).max() <= scale.max() / 2 + 1e-7
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = torch.randn(1, 6, 5, 7)
+    with torch.no_grad():
+        expected = layer(x).numpy()
+    np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], expected, atol=0.02)

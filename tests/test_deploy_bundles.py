@@ -28,6 +28,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.data import load_net_with_metadata
 from PIL import Image
 
+from custom_networks.atomic_files import TEMP_PREFIX
 from custom_networks.deploy.bundle_export import export_bundle
 from custom_networks.deploy.onnx_export import check_onnx_against_torch
 from custom_networks.deploy.onnx_network import OnnxRuntimeNetwork
@@ -135,7 +136,7 @@ def test_export_script_writes_every_model_and_reports_it(runs, bundle):
         assert (models / name).stat().st_size > 0
         assert f"wrote {models / name} (" in printed
     assert f"calibrated on {CALIBRATION_SAMPLES} training images" in printed
-    assert not list(models.glob(".*partial"))
+    assert not list(models.glob(f"{TEMP_PREFIX}*"))
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
@@ -240,3 +241,25 @@ def test_missing_or_broken_dataset_stops_before_writing(runs, tmp_path):
     with pytest.raises(ValueError, match=re.escape(f"bundle input error: {missing}: file not found")):
         export_bundle(root, dataset_dir=broken, config_dir=configs_of(bundle), overrides=TINY_OVERRIDES[bundle])
     assert sorted(path.name for path in (root / "models").iterdir()) == ["model.pt", "model_final.pt"]
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_int8_models_agree_with_fp32_on_the_demo_validation_data(runs, bundle):
+    """Labels of each int8 model equal the fp32 labels on at least 99 % of the validation pixels, through the
+    bundle's own validation preprocessing and sliding-window inferer."""
+    info = runs["layout"][bundle]
+    parser = ConfigParser()
+    parser.read_config(configs_of(bundle) / "train.json")
+    parser.update({"bundle_root": str(info["root"]), "dataset_dir": str(info["task"].root), **TINY_OVERRIDES[bundle]})
+    preprocessing, inferer = parser.get_parsed_content("validate#preprocessing"), parser.get_parsed_content(
+        "validate#inferer"
+    )
+    images = [preprocessing(item)["image"][None].float() for item in parser.get_parsed_content("validate#dataset#data")]
+    net = trained_network(runs, bundle)
+    with torch.no_grad():
+        fp32 = [inferer(image, net).argmax(dim=1) for image in images]
+    for name in ("model_int8_dynamic.onnx", "model_int8_static.onnx"):
+        int8 = OnnxRuntimeNetwork(info["root"] / "models" / name)
+        agreeing = sum(int((inferer(image, int8).argmax(dim=1) == ref).sum()) for image, ref in zip(images, fp32))
+        share = agreeing / sum(ref.numel() for ref in fp32)
+        assert share >= 0.99, f"{bundle} {name}: {share:.2%} of pixels agree with fp32"

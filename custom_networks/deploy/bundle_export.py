@@ -18,6 +18,7 @@ from monai.networks import convert_to_torchscript
 from monai.transforms import Compose, ResizeWithPadOrCropd
 from monai.utils import ensure_tuple_rep
 
+from custom_networks.atomic_files import atomic_path
 from custom_networks.deploy.onnx_export import check_onnx_against_torch, export_onnx
 from custom_networks.deploy.quantize import (
     calibration_batches_from_dataset,
@@ -121,13 +122,8 @@ def export_bundle(
     cpu = torch.device("cpu")
     scripted = convert_to_torchscript(net, verify=True, inputs=checks[:1], device=cpu, rtol=0.0, atol=atol)
     extra_files = {"inference.json": json.dumps(ConfigParser.load_config_file(config_dir / "inference.json")).encode()}
-    partial = torchscript.with_name(f".{torchscript.name}.{os.getpid()}.partial")
-    try:
-        with open(partial, "wb") as stream:
-            save_net_with_metadata(scripted, stream, meta_values=inference["_meta_"], more_extra_files=extra_files)
-        os.replace(partial, torchscript)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_path(torchscript) as partial, open(partial, "wb") as stream:
+        save_net_with_metadata(scripted, stream, meta_values=inference["_meta_"], more_extra_files=extra_files)
 
     onnx_path = export_onnx(net, models / "model.onnx", spatial_dims, in_channels, roi_size)
     max_diff = check_onnx_against_torch(net, onnx_path, checks, atol=atol)

@@ -12,6 +12,8 @@ import onnxruntime as ort
 import torch
 from monai.utils import ensure_tuple_rep
 
+from custom_networks.atomic_files import atomic_path
+
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "check_onnx_against_torch", "export_onnx"]
 
 INPUT_NAME = "image"
@@ -53,11 +55,10 @@ def export_onnx(
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
     example = torch.randn(1, in_channels, *size, device=device)
     dynamic_axes = {0: "batch", **{2 + i: f"spatial_{i}" for i in range(spatial_dims)}}
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     was_training = net.training
     net.eval()
     try:
-        with torch.no_grad():
+        with atomic_path(path) as partial, torch.no_grad():
             torch.onnx.export(
                 net,
                 (example,),
@@ -68,10 +69,8 @@ def export_onnx(
                 opset_version=opset_version,
                 dynamo=False,
             )
-        onnx.checker.check_model(str(partial))
-        os.replace(partial, path)
+            onnx.checker.check_model(str(partial))
     finally:
-        partial.unlink(missing_ok=True)
         net.train(was_training)
     return path
 

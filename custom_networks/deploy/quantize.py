@@ -16,7 +16,6 @@ import itertools
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,14 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-__all__ = ["calibration_batches_from_dataset", "quantize_dynamic_int8", "quantize_static_int8"]
+from custom_networks.atomic_files import atomic_path
+
+__all__ = [
+    "calibration_batches_from_dataset",
+    "quantize_dynamic_int8",
+    "quantize_static_int8",
+    "store_conv_transpose_weights_as_int8",
+]
 
 
 def quantize_dynamic_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
@@ -44,8 +50,12 @@ def quantize_dynamic_int8(fp32_path: str | os.PathLike, out_path: str | os.PathL
     e.g. batch norm folded into the convs; symbolic shape inference is skipped, it stops with "Incomplete
     symbolic shape inference" on the dynamic spatial axes), then ``quantize_dynamic``: Conv and MatMul
     weights are stored as 8-bit with one scale per tensor and activations are quantized on the fly at run
-    time (``DynamicQuantizeLinear`` + ``ConvInteger``). onnxruntime does not quantize ConvTranspose this way,
-    so a U-Net with transposed-conv up-sampling shrinks to about 0.31x, not 0.25x, of its fp32 size.
+    time (``DynamicQuantizeLinear`` + ``ConvInteger``). onnxruntime has no integer ConvTranspose, so
+    ``quantize_dynamic`` leaves the up-sampling weights in float; they are then stored as int8 as well (one
+    scale per output channel) and dequantized by a ``DequantizeLinear`` node in front of each ConvTranspose,
+    which runs in float: weight-only int8, as paper 003's dynamic range quantization does for every weight.
+    Without that step the GSConv-ECA U-Net, whose transposed convs hold 17 % of its weights, stayed at 0.375x
+    of its fp32 size.
 
     Weights are unsigned (``QUInt8``), chosen by measurement: on a 33.5 M-parameter ``AttentionResUNet`` at
     1 x 1 x 256 x 256, 2 threads, AVX-512 VNNI Xeon, onnxruntime 1.23, interleaved runs, median of 12:
@@ -64,9 +74,63 @@ def quantize_dynamic_int8(fp32_path: str | os.PathLike, out_path: str | os.PathL
     out_path = Path(out_path)
     with tempfile.TemporaryDirectory(prefix="quantize_dynamic_") as workdir:
         prepared = _pre_process(fp32_path, Path(workdir))
-        with _atomic_output(out_path) as partial:
+        with atomic_path(out_path) as partial:
             quantize_dynamic(prepared, partial, weight_type=QuantType.QUInt8)
+            model = onnx.load(str(partial))
+            store_conv_transpose_weights_as_int8(model)
+            onnx.save(model, str(partial))
     return out_path
+
+
+def store_conv_transpose_weights_as_int8(model: onnx.ModelProto) -> int:
+    """
+    Replace each float ConvTranspose weight initializer of ``model`` by int8 values and a ``DequantizeLinear``.
+
+    Symmetric quantization with one scale per output channel (axis 1 of the ``(C_in, C_out / groups, *k)``
+    weight), zero point 0, values in [-127, 127]. The ConvTranspose itself still computes in float.
+
+    Returns:
+        the number of weights replaced.
+    """
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    names = {
+        node.input[1]
+        for node in graph.node
+        if node.op_type == "ConvTranspose"
+        and node.input[1] in initializers
+        and initializers[node.input[1]].data_type == onnx.TensorProto.FLOAT
+    }
+    dequantize_nodes = []
+    for name in sorted(names):
+        weight = onnx.numpy_helper.to_array(initializers[name])
+        reduce_axes = tuple(axis for axis in range(weight.ndim) if axis != 1)
+        scale = (np.abs(weight).max(axis=reduce_axes) / 127.0).astype(np.float32)
+        scale[scale == 0] = 1.0
+        shape = [1, -1] + [1] * (weight.ndim - 2)
+        values = np.clip(np.round(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
+        graph.initializer.remove(initializers[name])
+        graph.initializer.extend(
+            [
+                onnx.numpy_helper.from_array(values, f"{name}_int8"),
+                onnx.numpy_helper.from_array(scale, f"{name}_scale"),
+                onnx.numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{name}_zero_point"),
+            ]
+        )
+        dequantize_nodes.append(
+            onnx.helper.make_node(
+                "DequantizeLinear",
+                [f"{name}_int8", f"{name}_scale", f"{name}_zero_point"],
+                [name],
+                name=f"{name}_dequantize",
+                axis=1,
+            )
+        )
+    # the new nodes read initializers only, so placing them first keeps the node list topologically sorted
+    nodes = [*dequantize_nodes, *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return len(dequantize_nodes)
 
 
 def quantize_static_int8(
@@ -102,7 +166,7 @@ def quantize_static_int8(
         raise ValueError("quantize_static_int8 needs at least one calibration batch, got none.")
     with tempfile.TemporaryDirectory(prefix="quantize_static_") as workdir:
         prepared = _pre_process(fp32_path, Path(workdir))
-        with _atomic_output(out_path) as partial:
+        with atomic_path(out_path) as partial:
             quantize_static(
                 prepared,
                 partial,
@@ -181,15 +245,3 @@ def _pre_process(fp32_path: str | os.PathLike, workdir: Path) -> Path:
     prepared = workdir / "preprocessed.onnx"
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
     return prepared
-
-
-@contextmanager
-def _atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; it is renamed onto ``path`` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        yield partial
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from custom_networks.atomic_files import atomic_path
+
 __all__ = ["count_parameters", "count_macs", "median_latency", "cpu_description", "replace_section"]
 
 
@@ -80,6 +82,5 @@ def replace_section(path: str | Path, name: str, text: str) -> None:
         new = old[: old.index(start)] + block + old[old.index(end) + len(end) :]
     else:
         new = (old.rstrip() + "\n\n" if old.strip() else "") + block + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
+    with atomic_path(path) as temporary:
+        temporary.write_text(new)

@@ -12,10 +12,25 @@ from custom_networks.nets import (
     CBAMUNet,
     ClassicUNet,
     GSConvECAUNet,
+    ResidualUNet,
     SCUNeXt,
-    UNeXt,
     UNetSkeleton,
+    UNeXt,
 )
 from custom_networks.registry import NETWORKS
+
+__all__ = [
+    "AGMinASPPUNet",
+    "AttentionResUNet",
+    "CBAMUNet",
+    "ClassicUNet",
+    "DiceCEEdgeLoss",
+    "GSConvECAUNet",
+    "NETWORKS",
+    "ResidualUNet",
+    "SCUNeXt",
+    "UNeXt",
+    "UNetSkeleton",
+]
 
 __version__ = "0.1.0"

@@ -10,9 +10,11 @@ import torch.nn.functional as F
 
 from custom_networks.blocks.attention_gate import AttentionGate
 from custom_networks.blocks.cbam import CBAM, ChannelGate, SpatialGate
+from custom_networks.blocks.double_conv import DoubleConv
 from custom_networks.blocks.eca import ECA, eca_kernel_size
 from custom_networks.blocks.gsconv import GSConv, interleave_halves
 from custom_networks.blocks.min_aspp import MinASPP
+from custom_networks.blocks.residual_block import ResidualAttentionBlock
 
 DIMS = [2, 3]
 
@@ -96,6 +98,78 @@ def test_gated_gsconv_is_plain_times_sigmoid_gate(spatial_dims, strides):
     with torch.no_grad():
         expected = plain(x) * torch.sigmoid(gated.gate(x))
         torch.testing.assert_close(gated(x), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("spatial_dims", DIMS)
+def test_gsconv_dropout_layer_only_when_asked(spatial_dims):
+    assert GSConv(spatial_dims, 3, 8).dropout is None
+    block = GSConv(spatial_dims, 3, 8, dropout=0.5)
+    assert isinstance(block.dropout, torch.nn.Dropout) and block.dropout.p == 0.5
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *([6] * spatial_dims))
+    with torch.no_grad():
+        dropped = block.train()(x)
+        kept = block.eval()(x)
+    assert bool((dropped == 0).any()) and not torch.equal(dropped, kept)
+
+
+# DoubleConv
+
+
+@pytest.mark.parametrize("spatial_dims", DIMS)
+def test_double_conv_keys_and_units(spatial_dims):
+    block = DoubleConv(spatial_dims, 3, 8)
+    assert list(block.state_dict()) == [
+        f"{unit}.{key}"
+        for unit in ("conv_0", "conv_1")
+        for key in ("conv.weight", "adn.N.weight", "adn.N.bias", "adn.N.running_mean", "adn.N.running_var",
+                    "adn.N.num_batches_tracked")
+    ]
+    for unit, c_in in ((block.conv_0, 3), (block.conv_1, 8)):
+        assert unit.conv.in_channels == c_in and unit.conv.out_channels == 8
+        assert unit.conv.kernel_size == (3,) * spatial_dims and unit.conv.padding == (1,) * spatial_dims
+        assert list(unit.adn._modules) == ["N", "A"]
+    x = torch.randn(2, 3, *([5] * spatial_dims))
+    assert block(x).shape == (2, 8, *([5] * spatial_dims))
+
+
+def test_double_conv_bias_without_norm_and_dropout_only_when_asked():
+    plain = DoubleConv(2, 3, 8, norm=None)
+    assert plain.conv_0.conv.bias is not None and list(plain.conv_0.adn._modules) == ["A"]
+    dropped = DoubleConv(2, 3, 8, dropout=0.25)
+    assert list(dropped.conv_1.adn._modules) == ["N", "D", "A"] and dropped.conv_1.adn.D.p == 0.25
+    assert not any(isinstance(m, torch.nn.Dropout) for m in DoubleConv(2, 3, 8).modules())
+
+
+@pytest.mark.parametrize("spatial_dims", DIMS)
+def test_double_conv_custom_units_and_attention(spatial_dims):
+    torch.manual_seed(0)
+    block = DoubleConv(
+        spatial_dims, 3, 8, unit=lambda c_in, c_out: GSConv(spatial_dims, c_in, c_out), attention=ECA(spatial_dims, 8)
+    ).eval()
+    assert [name for name, _ in block.named_children()] == ["conv_0", "conv_1", "attention"]
+    assert isinstance(block.conv_0, GSConv) and block.conv_0.dense.conv.in_channels == 3
+    assert isinstance(block.conv_1, GSConv) and block.conv_1.dense.conv.in_channels == 8
+    x = torch.randn(2, 3, *([6] * spatial_dims))
+    with torch.no_grad():
+        assert torch.equal(block(x), block.attention(block.conv_1(block.conv_0(x))))
+
+
+# Residual block
+
+
+@pytest.mark.parametrize("spatial_dims", DIMS)
+@pytest.mark.parametrize("attention", [None, "se", "cbam"])
+def test_residual_block_layout(spatial_dims, attention):
+    block = ResidualAttentionBlock(spatial_dims, 4, 8, attention=attention)
+    names = ["conv_0", "conv_1"] + ([] if attention is None else ["attention"])
+    assert [name for name, _ in block.residual.named_children()] == names
+    assert block.residual.conv_0.conv.bias is None and block.residual.conv_1.conv.bias is None
+    assert block.shortcut.conv.bias is None
+    assert not any(isinstance(m, torch.nn.Dropout) for m in block.modules())
+    assert block(torch.randn(2, 4, *([6] * spatial_dims))).shape == (2, 8, *([6] * spatial_dims))
+    assert ResidualAttentionBlock(spatial_dims, 4, 8, norm=None).residual.conv_0.conv.bias is not None
+    assert ResidualAttentionBlock(spatial_dims, 4, 8, dropout=0.2).residual.conv_0.adn.D.p == 0.2
 
 
 # ECA
@@ -195,6 +269,17 @@ def test_cbam_spatial_kernel(spatial_dims, kernel_size):
     assert SpatialGate(spatial_dims, kernel_size, norm=None).conv.conv.bias is not None
     with pytest.raises(ValueError):
         SpatialGate(spatial_dims, 5)
+
+
+@pytest.mark.parametrize("spatial_dims", DIMS)
+def test_one_channel_gates_take_group_norm_with_one_group(spatial_dims):
+    norm = ("group", {"num_groups": 4})
+    x = torch.randn(2, 8, *([6] * spatial_dims))
+    cbam = CBAM(spatial_dims, 8, norm=norm)
+    assert cbam.spatial_gate.conv.adn.N.num_groups == 1 and cbam(x).shape == x.shape
+    gate = AttentionGate(spatial_dims, 8, 8, norm=norm)
+    assert gate.psi.adn.N.num_groups == 1
+    assert gate(x, torch.randn(2, 8, *([3] * spatial_dims))).shape == x.shape
 
 
 def test_cbam_3d_default_spatial_kernel_is_7x7x7():
@@ -316,6 +401,15 @@ def _cases(spatial_dims):
             (torch.randn(1, 6, *s), torch.randn(1, 10, *s)),
         ),
         ("min_aspp", MinASPP(spatial_dims, 8, 4, pool_norm=("group", {"num_groups": 1})), (torch.randn(1, 8, *s),)),
+        ("double_conv", DoubleConv(spatial_dims, 3, 8), (torch.randn(1, 3, *s),)),
+        (
+            "double_conv_gsconv_cbam",
+            DoubleConv(
+                spatial_dims, 3, 8, unit=lambda i, o: GSConv(spatial_dims, i, o), attention=CBAM(spatial_dims, 8)
+            ),
+            (torch.randn(1, 3, *s),),
+        ),
+        ("residual_block_se", ResidualAttentionBlock(spatial_dims, 3, 8, attention="se"), (torch.randn(1, 3, *s),)),
     ]
 
 
@@ -348,7 +442,7 @@ def test_onnx_export_matches_torch(name):
         warnings.simplefilter("ignore")
         torch.onnx.export(module, inputs, buffer, dynamo=False, opset_version=17)
     session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
-    feeds = {arg.name: tensor.numpy() for arg, tensor in zip(session.get_inputs(), inputs)}
+    feeds = {arg.name: tensor.numpy() for arg, tensor in zip(session.get_inputs(), inputs, strict=True)}
     result = torch.from_numpy(session.run(None, feeds)[0])
     with torch.no_grad():
         torch.testing.assert_close(result, module(*inputs), rtol=0, atol=1e-4)

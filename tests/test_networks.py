@@ -6,13 +6,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-
 from monai.bundle import ConfigParser
+from monai.networks.blocks import Convolution
 
 import custom_networks
 from custom_networks import NETWORKS, ClassicUNet
 
 # Tiny widths keep every case fast; the divisor is what each network needs of the spatial size.
+UNEXT_TINY = (4, 8, 12, 16, 24)
 TINY = {
     "GSConvECAUNet": ({"features": (8, 16, 32)}, 4),
     "CBAMUNet": ({"features": (8, 16, 32)}, 4),
@@ -20,9 +21,10 @@ TINY = {
     "AttentionResUNet": ({"features": (8, 16, 32), "attention": "ag"}, 4),
     "AttentionResUNet-se": ({"features": (8, 16, 32), "attention": "se"}, 4),
     "AttentionResUNet-cbam": ({"features": (8, 16, 32), "attention": "cbam"}, 4),
-    "UNeXt": ({"size": "s"}, 32),
-    "SCUNeXt": ({}, 32),
+    "UNeXt": ({"features": UNEXT_TINY}, 32),
+    "SCUNeXt": ({"features": UNEXT_TINY}, 32),
     "ClassicUNet": ({"features": (8, 16, 32)}, 4),
+    "ResidualUNet": ({"features": (8, 16, 32)}, 4),
 }
 
 
@@ -39,7 +41,8 @@ def spatial_size(case: str, spatial_dims: int) -> tuple[int, ...]:
 
 def test_registry_lists_the_papers_networks():
     assert set(NETWORKS.names) == {
-        "GSConvECAUNet", "CBAMUNet", "AGMinASPPUNet", "SCUNeXt", "UNeXt", "AttentionResUNet", "ClassicUNet"
+        "GSConvECAUNet", "CBAMUNet", "AGMinASPPUNet", "SCUNeXt", "UNeXt", "AttentionResUNet", "ClassicUNet",
+        "ResidualUNet",
     }
     for name, cls in NETWORKS:
         assert getattr(custom_networks, name) is cls
@@ -75,6 +78,105 @@ def test_switches_off_give_the_plain_unet(cls, switches_off):
     plain = count(ClassicUNet(2, 3, 1))
     assert count(cls(2, 3, 1, **switches_off)) == plain
     assert count(cls(2, 3, 1)) != plain
+
+
+# (variant, its switches off, the baseline it must then be, widths to try, spatial multiple)
+BASELINES = {
+    "GSConvECAUNet": ({"use_gsconv": False, "use_eca": False}, "ClassicUNet", [(4, 8, 16), (6, 12, 24, 48)], None),
+    "CBAMUNet": ({"use_cbam": False}, "ClassicUNet", [(4, 8, 16), (6, 12, 24, 48)], None),
+    "AGMinASPPUNet": (
+        {"conv_block": "standard", "use_aspp": False, "use_attention_gate": False},
+        "ClassicUNet",
+        [(4, 8, 16), (6, 12, 24, 48)],
+        None,
+    ),
+    "AttentionResUNet": ({"attention": None}, "ResidualUNet", [(4, 8, 16), (6, 12, 24, 48)], None),
+    # against UNeXt-S's own widths as well as tiny ones
+    "SCUNeXt": (
+        {"sc_skip": False, "use_cbam": False, "pyramid_fusion": False},
+        "UNeXt",
+        [UNEXT_TINY, (8, 16, 32, 64, 128)],
+        32,
+    ),
+}
+# (index into the widths, seed, options shared by variant and baseline)
+BASELINE_RUNS = [(0, 0, {}), (1, 1, {}), (0, 2, {"norm": None, "dropout": 0.2})]
+
+
+def module_layout(net: torch.nn.Module) -> list[tuple[str, type, str]]:
+    """Every submodule's name, class and constructor summary: equal lists mean the same network structure."""
+    return [(name, type(m), m.extra_repr()) for name, m in net.named_modules() if name]
+
+
+def randomize_norm_stats(net: torch.nn.Module) -> None:
+    """Non-trivial running statistics, so that eval-mode outputs depend on every norm buffer."""
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("widths_index, seed, options", BASELINE_RUNS)
+@pytest.mark.parametrize("variant", list(BASELINES))
+def test_switches_off_build_the_baseline_exactly(variant, widths_index, seed, options, spatial_dims):
+    switches_off, baseline_name, widths, multiple = BASELINES[variant]
+    features = widths[widths_index]
+    torch.manual_seed(seed)
+    baseline = NETWORKS[baseline_name](spatial_dims, 2, 3, features=features, **options)
+    randomize_norm_stats(baseline)
+    plain = NETWORKS[variant](spatial_dims, 2, 3, features=features, **switches_off, **options)
+    assert module_layout(plain) == module_layout(baseline)
+    plain.load_state_dict(baseline.state_dict(), strict=True)
+    plain.eval()
+    baseline.eval()
+    x = torch.randn(2, 2, *([multiple or 2 ** (len(features) - 1)] * spatial_dims))
+    with torch.no_grad():
+        assert torch.equal(plain(x), baseline(x))
+
+
+# every registered network with default arguments (tiny widths), plus the ablation settings of each switch
+LAYER_CASES = [(name, {}) for name in TINY] + [
+    ("GSConvECAUNet", {"use_gsconv": False}),
+    ("GSConvECAUNet", {"use_eca": False}),
+    ("CBAMUNet", {"use_cbam": False, "norm": "instance"}),
+    ("AGMinASPPUNet", {"conv_block": "gated"}),
+    ("AGMinASPPUNet", {"conv_block": "standard", "use_aspp": False, "use_attention_gate": False}),
+    ("AttentionResUNet", {"attention": None}),
+    ("SCUNeXt", {"sc_skip": False}),
+    ("SCUNeXt", {"use_cbam": False, "norm": ("group", {"num_groups": 2})}),
+]
+
+
+def build_layer_case(case: str, options: dict, spatial_dims: int = 2) -> torch.nn.Module:
+    kwargs, _ = TINY[case]
+    return NETWORKS[case.split("-")[0]](spatial_dims, 2, 3, **{**kwargs, **options})
+
+
+@pytest.mark.parametrize("case, options", LAYER_CASES)
+def test_no_zero_dropout_and_no_bias_before_a_norm(case, options):
+    norm_types = (
+        torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.instancenorm._InstanceNorm, torch.nn.GroupNorm
+    )
+    for spatial_dims in (2, 3):
+        net = build_layer_case(case, options, spatial_dims)
+        for name, m in net.named_modules():
+            if isinstance(m, torch.nn.modules.dropout._DropoutNd):
+                assert m.p > 0, f"{name}: dropout with p = 0"
+            if isinstance(m, Convolution) and hasattr(m, "adn") and hasattr(m.adn, "N"):
+                assert m.conv.bias is None, f"{name}: conv with a bias before {type(m.adn.N).__name__}"
+            if isinstance(m, torch.nn.Sequential):
+                children = list(m.named_children())
+                for (first, conv), (_, norm) in zip(children, children[1:], strict=False):
+                    if isinstance(conv, torch.nn.modules.conv._ConvNd) and isinstance(norm, norm_types):
+                        assert conv.bias is None, f"{name}.{first}: conv with a bias before {type(norm).__name__}"
+
+
+@pytest.mark.parametrize("case", list(TINY))
+def test_dropout_ratio_reaches_the_dropout_layers(case):
+    net = build_layer_case(case, {"dropout": 0.3})
+    ratios = {m.p for m in net.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)}
+    assert ratios == {0.3}
 
 
 def test_classic_unet_matches_the_papers_yardstick():
@@ -118,9 +220,11 @@ def test_indivisible_size_names_size_and_multiple(case):
         net(torch.randn(1, 2, *bad))
 
 
-@pytest.mark.parametrize("name", ["GSConvECAUNet", "CBAMUNet", "AGMinASPPUNet", "SCUNeXt", "UNeXt", "AttentionResUNet"])
+@pytest.mark.parametrize(
+    "name", ["GSConvECAUNet", "CBAMUNet", "AGMinASPPUNet", "SCUNeXt", "UNeXt", "AttentionResUNet", "ResidualUNet"]
+)
 def test_built_from_a_bundle_config(name):
-    kwargs = {"features": [8, 16, 32]} if name not in ("SCUNeXt", "UNeXt") else {}
+    kwargs = {"features": [8, 16, 32]} if name not in ("SCUNeXt", "UNeXt") else {"features": list(UNEXT_TINY)}
     config = {
         "network_def": {
             "_target_": f"custom_networks.{name}", "spatial_dims": 2, "in_channels": 1, "out_channels": 2, **kwargs

@@ -4,10 +4,14 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from custom_networks.blocks.cbam import CBAM
 from custom_networks.blocks.shifted_mlp import ShiftedMLPBlock, shift_channel_groups
 from custom_networks.blocks.tokenizer import OverlapPatchEmbedding
-from custom_networks.nets.sc_unext import SCUNeXt
-from custom_networks.nets.unext import UNeXt
+from custom_networks.nets.sc_unext import PyramidFusion, SCSkipFusion, SCUNeXt
+from custom_networks.nets.unext import AddSkip, LastLevel, UNeXt
+
+# widths for tests of shapes and export, where UNeXt-S's own widths are not the point
+TINY_FEATURES = (4, 8, 12, 16, 24)
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -159,6 +163,53 @@ def test_scunext_flags_off_is_unext_s():
         assert torch.equal(plain(x), unext(x))
 
 
+def test_unext_hooks_build_the_skip_and_level_fusions():
+    skip_calls, level_calls = [], []
+
+    def make_skip_fusion(level, channels):
+        skip_calls.append((level, channels))
+        return AddSkip()
+
+    def make_level_fusion(level_channels):
+        level_calls.append(tuple(level_channels))
+        return LastLevel()
+
+    features = TINY_FEATURES
+    model = UNeXt(2, 1, 1, features=features, make_skip_fusion=make_skip_fusion, make_level_fusion=make_level_fusion)
+    assert skip_calls == [(0, 16), (1, 12), (2, 8), (3, 4)]
+    assert level_calls == [(16, 12, 8, 4, 4)]
+    default = UNeXt(2, 1, 1, features=features)
+    assert all(type(stage.skip_fusion) is AddSkip for stage in default.decoder)
+    assert type(default.level_fusion) is LastLevel
+    assert list(model.state_dict()) == list(default.state_dict())
+
+
+def test_scunext_switches_build_its_modules_through_the_hooks():
+    model = SCUNeXt(2, 3, 1, features=TINY_FEATURES)
+    fusions = [stage.skip_fusion for stage in model.decoder]
+    assert all(isinstance(fusion, SCSkipFusion) for fusion in fusions)
+    # f is a conv at the two conv levels only; the token levels use the shifted MLP after the skip
+    assert [isinstance(fusion.f, torch.nn.Identity) for fusion in fusions] == [True, True, False, False]
+    assert isinstance(model.level_fusion, PyramidFusion)
+    cbam_only = SCUNeXt(2, 3, 1, sc_skip=False, pyramid_fusion=False)
+    assert all(isinstance(stage.skip_fusion.attention, CBAM) for stage in cbam_only.decoder)
+    assert type(cbam_only.level_fusion) is LastLevel
+
+
+@pytest.mark.parametrize("norm, norm_type", [("batch", torch.nn.BatchNorm2d), ("instance", torch.nn.InstanceNorm2d)])
+def test_scunext_cbam_and_fusions_honour_norm(norm, norm_type):
+    model = SCUNeXt(2, 3, 1, features=TINY_FEATURES, norm=norm)
+    for stage in model.decoder:
+        spatial_conv = stage.skip_fusion.attention.spatial_gate.conv
+        assert isinstance(spatial_conv.adn.N, norm_type) and spatial_conv.conv.bias is None
+    without = SCUNeXt(2, 3, 1, features=TINY_FEATURES, norm=None)
+    for stage in without.decoder:
+        spatial_conv = stage.skip_fusion.attention.spatial_gate.conv
+        assert not hasattr(spatial_conv, "adn") or not hasattr(spatial_conv.adn, "N")
+        assert spatial_conv.conv.bias is not None
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in without.modules())
+
+
 def test_each_scunext_flag_changes_parameter_count():
     base = count_parameters(SCUNeXt(2, 3, 1, sc_skip=False, use_cbam=False, pyramid_fusion=False))
     for flag in ("sc_skip", "use_cbam", "pyramid_fusion"):
@@ -171,7 +222,7 @@ def test_each_scunext_flag_changes_parameter_count():
 @pytest.mark.parametrize("batch", [1, 2])
 def test_output_shape(network, spatial_dims, size, batch):
     torch.manual_seed(0)
-    model = network(spatial_dims, 2, 3).eval()
+    model = network(spatial_dims, 2, 3, features=TINY_FEATURES).eval()
     with torch.no_grad():
         y = model(torch.randn((batch, 2) + size))
     assert y.shape == (batch, 3) + size
@@ -197,7 +248,7 @@ def test_non_divisible_size_raises(network):
 @pytest.mark.parametrize("spatial_dims, size", [(2, (64, 32)), (3, (32, 32, 32))])
 def test_torchscript_matches_eager(network, spatial_dims, size):
     torch.manual_seed(0)
-    model = network(spatial_dims, 1, 2).eval()
+    model = network(spatial_dims, 1, 2, features=TINY_FEATURES).eval()
     x = torch.randn((2, 1) + size)
     scripted = torch.jit.script(model)
     with torch.no_grad():

@@ -3,9 +3,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Act, Conv
+
+from custom_networks.blocks.one_channel_norm import one_channel_norm
 
 __all__ = ["AttentionGate"]
 
@@ -29,8 +30,8 @@ class AttentionGate(nn.Module):
         skip_channels: number of channels Cx of the skip features ``x``.
         gating_channels: number of channels Cg of the gating signal ``g``.
         inter_channels: width of the intermediate projections; ``None`` gives ``max(1, skip_channels // 2)``.
-        norm: norm after the one-channel conv (MONAI form); with ``None`` that conv gets a bias.
-            Defaults to "batch".
+        norm: norm after the one-channel conv (MONAI form; group norm is applied with one group); with
+            ``None`` that conv gets a bias. Defaults to "batch".
         gating_stride: 2 when ``g`` is on a grid twice as coarse as ``x`` (paper), 1 when ``g`` is on the
             grid of ``x``. Defaults to 2.
 
@@ -61,7 +62,7 @@ class AttentionGate(nn.Module):
         self.project_gating = conv_type(gating_channels, inter_channels, kernel_size=1, bias=True)
         self.relu = Act[Act.RELU]()
         self.psi = Convolution(
-            spatial_dims, inter_channels, 1, kernel_size=1, act=None, norm=norm, bias=norm is None
+            spatial_dims, inter_channels, 1, kernel_size=1, act=None, norm=one_channel_norm(norm), bias=norm is None
         )
         self.sigmoid = Act[Act.SIGMOID]()
 

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-
 from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Act, Conv, Pool
+
+from custom_networks.blocks.one_channel_norm import one_channel_norm
 
 __all__ = ["ChannelGate", "SpatialGate", "CBAM"]
 
@@ -61,8 +62,8 @@ class SpatialGate(nn.Module):
     Args:
         spatial_dims: number of spatial dimensions, 2 or 3.
         kernel_size: size of the conv kernel in every spatial dimension, 7 (paper) or 3. Defaults to 7.
-        norm: norm after the conv (MONAI form, e.g. "batch"); ``None`` gives a conv with bias instead.
-            Defaults to "batch".
+        norm: norm after the conv (MONAI form, e.g. "batch"; group norm is applied with one group to the
+            one-channel map); ``None`` gives a conv with bias instead. Defaults to "batch".
 
     Input and output shape: (B, C, *spatial).
     """
@@ -77,7 +78,7 @@ class SpatialGate(nn.Module):
             out_channels=1,
             kernel_size=kernel_size,
             act=None,
-            norm=norm,
+            norm=one_channel_norm(norm),
             bias=norm is None,
         )
         self.sigmoid = Act[Act.SIGMOID]()

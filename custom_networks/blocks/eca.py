@@ -4,7 +4,6 @@ import math
 
 import torch
 import torch.nn as nn
-
 from monai.networks.layers.factories import Act, Pool
 
 __all__ = ["ECA", "eca_kernel_size"]

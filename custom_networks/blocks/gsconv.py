@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-
 from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Conv
 
@@ -64,6 +63,7 @@ class GSConv(nn.Module):
         act: activation after both convs (MONAI form). Defaults to ``("relu", {"inplace": True})``.
         norm: norm after both convs (MONAI form); with ``None`` the convs get a bias. Defaults to "batch".
         gated: multiply the output by a sigmoid gate computed from the input. Defaults to False.
+        dropout: dropout ratio on the output (after the gate); 0 adds no dropout layer. Defaults to 0.
 
     Input shape (B, in_channels, *S); output shape (B, out_channels, *S / strides).
     """
@@ -78,6 +78,7 @@ class GSConv(nn.Module):
         act: tuple | str | None = ("relu", {"inplace": True}),
         norm: tuple | str | None = "batch",
         gated: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if out_channels % 2 != 0 or out_channels < 2:
@@ -108,10 +109,13 @@ class GSConv(nn.Module):
             self.gate = Conv[Conv.CONV, spatial_dims](
                 in_channels, out_channels, kernel_size=1, stride=strides, bias=True
             )
+        self.dropout: nn.Module | None = nn.Dropout(dropout) if dropout else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dense = self.dense(x)
         out = interleave(dense, self.depthwise(dense))
         if self.gate is not None:
             out = out * torch.sigmoid(self.gate(x))
+        if self.dropout is not None:
+            out = self.dropout(out)
         return out

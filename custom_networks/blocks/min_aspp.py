@@ -4,7 +4,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-
 from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Pool, split_args
 

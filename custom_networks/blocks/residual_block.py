@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-
 from monai.networks.blocks import ChannelSELayer, Convolution
 from monai.networks.layers.utils import get_act_layer
 
@@ -15,9 +14,10 @@ ATTENTION_IN_BLOCK = (None, "se", "cbam")
 
 class ResidualAttentionBlock(nn.Module):
     """
-    Residual block with optional channel attention before the addition (paper 003, after SE-ResNet):
-    conv-norm-act, conv-norm, attention (SE or CBAM), plus a shortcut (1x1 conv + norm when the width
-    changes, identity otherwise), then the activation.
+    Residual block with optional channel attention before the addition (AttentionResUNet, after SE-ResNet):
+    ``residual.conv_0`` (3x3 conv, norm, dropout, act), ``residual.conv_1`` (3x3 conv, norm),
+    ``residual.attention`` (SE or CBAM, absent for None), plus a shortcut (1x1 conv + norm when the width
+    changes, identity otherwise), then the activation. Convs carry a bias only when there is no norm.
 
     MONAI's ``UnetResBlock`` has the same residual layout but no place for an attention module before the
     addition, hence this block.
@@ -29,8 +29,8 @@ class ResidualAttentionBlock(nn.Module):
         attention: None, ``"se"`` (MONAI ``ChannelSELayer``) or ``"cbam"``.
         reduction: channel reduction of the attention MLP (clipped so the hidden width is at least 1).
         act: activation type and arguments.
-        norm: normalization type and arguments.
-        dropout: dropout ratio after the first conv unit.
+        norm: normalization type and arguments, or None.
+        dropout: dropout ratio after the first conv unit; 0 adds no dropout layer.
 
     Shapes: ``(B, in_channels, *S) -> (B, out_channels, *S)``.
     """
@@ -49,14 +49,23 @@ class ResidualAttentionBlock(nn.Module):
         super().__init__()
         if attention not in ATTENTION_IN_BLOCK:
             raise ValueError(f"attention must be one of {ATTENTION_IN_BLOCK}, got {attention!r}.")
-        self.residual = nn.Sequential(
-            Convolution(spatial_dims, in_channels, out_channels, act=act, norm=norm, dropout=dropout),
-            Convolution(spatial_dims, out_channels, out_channels, act=None, norm=norm),
+        self.residual = nn.Sequential()
+        self.residual.add_module(
+            "conv_0",
+            Convolution(
+                spatial_dims, in_channels, out_channels, act=act, norm=norm, dropout=dropout or None,
+                bias=norm is None,
+            ),
+        )
+        self.residual.add_module(
+            "conv_1", Convolution(spatial_dims, out_channels, out_channels, act=None, norm=norm, bias=norm is None)
         )
         if attention == "se":
-            self.residual.append(ChannelSELayer(spatial_dims, out_channels, r=min(reduction, out_channels)))
+            self.residual.add_module(
+                "attention", ChannelSELayer(spatial_dims, out_channels, r=min(reduction, out_channels))
+            )
         elif attention == "cbam":
-            self.residual.append(CBAM(spatial_dims, out_channels, reduction=reduction, norm=norm))
+            self.residual.add_module("attention", CBAM(spatial_dims, out_channels, reduction=reduction, norm=norm))
         if in_channels == out_channels:
             self.shortcut: nn.Module = nn.Identity()
         else:

@@ -6,7 +6,6 @@ from typing import List
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from monai.networks.layers.factories import Conv
 
 __all__ = ["shift_channel_groups", "ShiftedMLPBlock"]
@@ -67,7 +66,8 @@ class ShiftedMLPBlock(nn.Module):
         dim: number of channels (token width).
         mlp_ratio: hidden width of the MLP relative to ``dim``. Defaults to 1 (as in UNeXt).
         shift_groups: number of channel groups for the shifts. Defaults to 5.
-        drop: dropout probability after the activation and after the second Linear. Defaults to 0.
+        drop: dropout probability after the activation and after the second Linear; 0 adds no dropout layer.
+            Defaults to 0.
 
     Input and output shape: (B, dim, *spatial).
     """
@@ -87,7 +87,7 @@ class ShiftedMLPBlock(nn.Module):
         self.dwconv = Conv[Conv.CONV, spatial_dims](hidden, hidden, kernel_size=3, padding=1, groups=hidden, bias=True)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(drop)
+        self.drop: nn.Module = nn.Dropout(drop) if drop else nn.Identity()
         self.apply(self._init_weights)
 
     @staticmethod

@@ -2,11 +2,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch.nn as nn
-
-from monai.networks.nets.basic_unet import TwoConv
-
 from custom_networks.blocks.attention_gate import AttentionGate
+from custom_networks.blocks.double_conv import DoubleConv
 from custom_networks.blocks.gsconv import GSConv
 from custom_networks.blocks.min_aspp import MinASPP
 from custom_networks.nets.unet_skeleton import UNetSkeleton
@@ -18,19 +15,24 @@ CONV_BLOCKS = ("gsconv", "gated", "standard")
 
 class AGMinASPPUNet(UNetSkeleton):
     """
-    U-Net with GSConv conv blocks, a Min-ASPP bottleneck and attention gates on the skips (paper 002, lung
-    field in chest X-ray). ``conv_block="standard", use_aspp=False, use_attention_gate=False`` gives
-    :class:`ClassicUNet` exactly.
+    U-Net with GSConv conv blocks, a Min-ASPP bottleneck and attention gates on the skips (lung field in chest
+    X-ray). ``conv_block="standard", use_aspp=False, use_attention_gate=False`` gives :class:`ClassicUNet`
+    exactly (same modules and state-dict keys).
 
-    The attention gates follow Oktay et al.: the skip is projected onto the coarser grid of the gating
-    signal (the decoder map before upsampling), and the coefficients are resampled back. The Min-ASPP
+    Reference: Zhuo Xu and Ningning Xu, "Improved Unet Model for Lung X-ray Image Segmentation Based on AG
+    Attention Mechanism with Min-ASPP Module Fused with GSConv Module" (the paper text names no venue).
+
+    Each level is a :class:`DoubleConv` with units ``conv_0``, ``conv_1`` (GSConv, gated GSConv or 3x3
+    conv). The attention gates follow Oktay et al.: the skip is projected onto the coarser grid of the
+    gating signal (the decoder map before upsampling), and the coefficients are resampled back. The Min-ASPP
     replaces the bottleneck's double conv (1x1, one 3x3 atrous branch per dilation and a pooling branch).
 
     Args:
         spatial_dims: 2 or 3.
         in_channels: input channels.
         out_channels: output channels (logits).
-        features: widths of the five levels; spatial size must be divisible by ``2 ** (len(features) - 1)``.
+        features: widths of the levels (even with GSConv); spatial size must be divisible by
+            ``2 ** (len(features) - 1)``.
         conv_block: ``"gsconv"`` (two GSConv units), ``"gated"`` (two sigmoid-gated GSConv units) or
             ``"standard"`` (two 3x3 conv units).
         use_aspp: Min-ASPP at the bottleneck.
@@ -38,9 +40,23 @@ class AGMinASPPUNet(UNetSkeleton):
         aspp_dilations: dilation rates of the atrous branches (small: the bottleneck map is 16x16 at 256).
         act: activation type and arguments.
         norm: normalization type and arguments, or None.
-        dropout: dropout ratio after each conv unit.
+        dropout: dropout ratio after each conv unit (not in the Min-ASPP); 0 adds no dropout layer.
 
     Shapes: ``(B, in_channels, *S) -> (B, out_channels, *S)``.
+
+    Examples::
+
+        # 2D chest X-ray, one channel, lung mask
+        >>> net = AGMinASPPUNet(spatial_dims=2, in_channels=1, out_channels=1)
+
+        # the paper's "gated spatial convolution" reading
+        >>> gated = AGMinASPPUNet(2, 1, 1, conv_block="gated")
+
+        # all switches off: ClassicUNet exactly
+        >>> plain = AGMinASPPUNet(2, 1, 1, conv_block="standard", use_aspp=False, use_attention_gate=False)
+
+        # 3D with small widths
+        >>> net = AGMinASPPUNet(spatial_dims=3, in_channels=1, out_channels=2, features=(16, 32, 64, 128))
     """
 
     def __init__(
@@ -60,16 +76,12 @@ class AGMinASPPUNet(UNetSkeleton):
         if conv_block not in CONV_BLOCKS:
             raise ValueError(f"conv_block must be one of {CONV_BLOCKS}, got {conv_block!r}.")
 
-        def make_block(c_in: int, c_out: int) -> nn.Module:
-            if conv_block == "standard":
-                return TwoConv(spatial_dims, c_in, c_out, act=act, norm=norm, bias=True, dropout=dropout)
-            gated = conv_block == "gated"
-            return nn.Sequential(
-                GSConv(spatial_dims, c_in, c_out, act=act, norm=norm, gated=gated),
-                nn.Dropout(dropout),
-                GSConv(spatial_dims, c_out, c_out, act=act, norm=norm, gated=gated),
-                nn.Dropout(dropout),
-            )
+        def gsconv_unit(c_in: int, c_out: int) -> GSConv:
+            return GSConv(spatial_dims, c_in, c_out, act=act, norm=norm, gated=conv_block == "gated", dropout=dropout)
+
+        def make_block(c_in: int, c_out: int) -> DoubleConv:
+            unit = None if conv_block == "standard" else gsconv_unit
+            return DoubleConv(spatial_dims, c_in, c_out, act=act, norm=norm, dropout=dropout, unit=unit)
 
         def make_aspp(c_in: int, c_out: int) -> MinASPP:
             return MinASPP(spatial_dims, c_in, c_out, dilations=aspp_dilations, norm=norm, act=act)

@@ -13,23 +13,39 @@ ATTENTIONS = (None, "ag", "se", "cbam")
 
 class AttentionResUNet(UNetSkeleton):
     """
-    Residual U-Net with one choice of attention (paper 003, brain tumour MRI, int8-quantized for CPU):
-    ``"ag"`` puts attention gates on the skips, ``"se"`` and ``"cbam"`` sit inside every residual block
-    before the addition, None is the plain residual U-Net. With the default widths it has about 32 M
-    parameters, the size the paper reports (127 MB in fp32).
+    Residual U-Net with one choice of attention (brain tumour MRI, int8-quantized for CPU): ``"ag"`` puts
+    attention gates on the skips, ``"se"`` and ``"cbam"`` sit inside every residual block before the
+    addition (``residual.attention``); ``attention=None`` gives :class:`ResidualUNet` exactly (same modules
+    and state-dict keys). With the default widths it has about 32 M parameters, the size the paper reports
+    (127 MB in fp32).
+
+    Reference: "Brain Tumor Segmentation Meets Efficiency: Res-UNet Improved by Attention Mechanisms and
+    Quantization" (the stored text, an abstract page, names neither the authors nor the venue).
 
     Args:
         spatial_dims: 2 or 3.
         in_channels: input channels.
         out_channels: output channels (logits).
-        features: widths of the five levels; spatial size must be divisible by ``2 ** (len(features) - 1)``.
+        features: widths of the levels; spatial size must be divisible by ``2 ** (len(features) - 1)``.
         attention: None, ``"ag"``, ``"se"`` or ``"cbam"``.
         reduction: channel reduction ratio of SE and CBAM.
         act: activation type and arguments.
         norm: normalization type and arguments, or None.
-        dropout: dropout ratio inside each residual block.
+        dropout: dropout ratio inside each residual block; 0 adds no dropout layer.
 
     Shapes: ``(B, in_channels, *S) -> (B, out_channels, *S)``.
+
+    Examples::
+
+        # 2D with attention gates (the paper's best model)
+        >>> net = AttentionResUNet(spatial_dims=2, in_channels=3, out_channels=1)
+
+        # SE or CBAM inside the residual blocks, and the plain baseline
+        >>> se = AttentionResUNet(2, 3, 1, attention="se")
+        >>> plain = AttentionResUNet(2, 3, 1, attention=None)  # ResidualUNet exactly
+
+        # 3D with small widths
+        >>> net = AttentionResUNet(spatial_dims=3, in_channels=4, out_channels=3, features=(16, 32, 64, 128))
     """
 
     def __init__(

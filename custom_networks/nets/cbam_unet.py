@@ -2,11 +2,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch.nn as nn
-
-from monai.networks.nets.basic_unet import TwoConv
-
 from custom_networks.blocks.cbam import CBAM
+from custom_networks.blocks.double_conv import DoubleConv
 from custom_networks.nets.unet_skeleton import UNetSkeleton
 
 __all__ = ["CBAMUNet"]
@@ -14,23 +11,42 @@ __all__ = ["CBAMUNet"]
 
 class CBAMUNet(UNetSkeleton):
     """
-    U-Net with CBAM after every encoder and decoder conv block (paper 001, TCGA/LGG brain tumour MRI).
-    ``use_cbam=False`` gives :class:`ClassicUNet` exactly. The paper's tables show no normalization
-    (``norm=None``); batch norm is the default here because it trains far more reliably.
+    U-Net with CBAM after every encoder and decoder conv block (TCGA/LGG brain tumour MRI).
+    ``use_cbam=False`` gives :class:`ClassicUNet` exactly (same modules and state-dict keys). The paper's
+    tables show no normalization (``norm=None``); batch norm is the default here because it trains far
+    more reliably.
+
+    Reference: Yudian Pan, "Deep Learning-Based Medical Image Segmentation for Brain Tumors" (the paper
+    text names no venue).
+
+    Each level is a :class:`DoubleConv` with ``conv_0``, ``conv_1`` (3x3 conv units) and, with ``use_cbam``,
+    an ``attention`` child (CBAM).
 
     Args:
         spatial_dims: 2 or 3.
         in_channels: input channels (3 for the LGG slices: pre-contrast, FLAIR, post-contrast).
         out_channels: output channels (logits; 2 in the paper).
-        features: widths of the five levels; spatial size must be divisible by ``2 ** (len(features) - 1)``.
+        features: widths of the levels; spatial size must be divisible by ``2 ** (len(features) - 1)``.
         use_cbam: CBAM (channel gate, then spatial gate) after each conv block.
         reduction: CBAM channel-MLP reduction ratio.
         spatial_kernel_size: CBAM spatial-gate kernel (7, or 3).
         act: activation type and arguments.
-        norm: normalization type and arguments, or None.
-        dropout: dropout ratio after each conv unit.
+        norm: normalization type and arguments, or None (also used by the CBAM spatial gate).
+        dropout: dropout ratio in each conv unit; 0 adds no dropout layer.
 
     Shapes: ``(B, in_channels, *S) -> (B, out_channels, *S)``.
+
+    Examples::
+
+        # 2D, the paper's widths (64 ... 1024), three MRI channels, two classes
+        >>> net = CBAMUNet(spatial_dims=2, in_channels=3, out_channels=2)
+
+        # the paper's configuration without normalization, and the plain baseline
+        >>> paper = CBAMUNet(2, 3, 2, norm=None)
+        >>> plain = CBAMUNet(2, 3, 2, use_cbam=False)  # ClassicUNet exactly
+
+        # 3D with small widths and a 3x3x3 spatial gate
+        >>> net = CBAMUNet(spatial_dims=3, in_channels=1, out_channels=2, features=(16, 32, 64), spatial_kernel_size=3)
     """
 
     def __init__(
@@ -46,10 +62,10 @@ class CBAMUNet(UNetSkeleton):
         norm: str | tuple | None = "batch",
         dropout: float = 0.0,
     ) -> None:
-        def make_block(c_in: int, c_out: int) -> nn.Sequential:
-            block = nn.Sequential(TwoConv(spatial_dims, c_in, c_out, act=act, norm=norm, bias=True, dropout=dropout))
-            if use_cbam:
-                block.append(CBAM(spatial_dims, c_out, reduction, spatial_kernel_size, norm=norm))
-            return block
+        def make_block(c_in: int, c_out: int) -> DoubleConv:
+            return DoubleConv(
+                spatial_dims, c_in, c_out, act=act, norm=norm, dropout=dropout,
+                attention=CBAM(spatial_dims, c_out, reduction, spatial_kernel_size, norm=norm) if use_cbam else None,
+            )
 
         super().__init__(spatial_dims, in_channels, out_channels, features, make_block)

@@ -5,10 +5,10 @@ from typing import List
 
 import torch
 import torch.nn as nn
+from monai.networks.blocks import Convolution
 
 from custom_networks.blocks.cbam import CBAM
 from custom_networks.nets.unext import UNeXt
-from monai.networks.blocks import Convolution
 
 __all__ = ["SCUNeXt"]
 
@@ -20,7 +20,7 @@ class SCSkipFusion(nn.Module):
     With ``sc_skip`` the upsampled decoder map ``up`` gates the encoder map by element-wise multiplication
     and ``up`` is added back; without it the two maps are added as in UNeXt. ``f`` is a 3x3 conv, norm and
     act keeping the width when ``fusion_conv`` is set (and ``sc_skip`` on), else identity. With
-    ``use_cbam`` CBAM (reduction 16, 7x7 spatial gate with batch norm) re-weights the fused map.
+    ``use_cbam`` CBAM (reduction 16, 7x7 spatial gate with ``norm``) re-weights the fused map.
 
     Args:
         spatial_dims: number of spatial dimensions, 2 or 3.
@@ -29,7 +29,7 @@ class SCSkipFusion(nn.Module):
         use_cbam: apply CBAM to the fused map.
         fusion_conv: follow the multiplicative fusion with the conv ``f``.
         act: activation of ``f`` (MONAI form).
-        norm: norm of ``f`` (MONAI form).
+        norm: norm of ``f`` and of the CBAM spatial gate (MONAI form), or None (those convs then get a bias).
 
     Inputs: upsampled map and skip map, both (B, channels, *spatial); output of the same shape.
     """
@@ -48,8 +48,10 @@ class SCSkipFusion(nn.Module):
         self.sc_skip = sc_skip
         self.f: nn.Module = nn.Identity()
         if sc_skip and fusion_conv:
-            self.f = Convolution(spatial_dims, channels, channels, kernel_size=3, act=act, norm=norm)
-        self.attention: nn.Module = CBAM(spatial_dims, channels) if use_cbam else nn.Identity()
+            self.f = Convolution(
+                spatial_dims, channels, channels, kernel_size=3, act=act, norm=norm, bias=norm is None
+            )
+        self.attention: nn.Module = CBAM(spatial_dims, channels, norm=norm) if use_cbam else nn.Identity()
 
     def forward(self, upsampled: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         if self.sc_skip:
@@ -72,7 +74,7 @@ class PyramidFusion(nn.Module):
         level_channels: widths of the decoder levels from coarsest to full resolution; level ``i`` is
             ``2 ** (len - 1 - i)`` times smaller than the last one.
         act: activation after each transposed conv (MONAI form).
-        norm: norm after each transposed conv (MONAI form).
+        norm: norm after each transposed conv (MONAI form), or None (the convs then get a bias).
 
     Input: list of (B, level_channels[i], *spatial / 2 ** (len - 1 - i)); output (B, level_channels[-1], *spatial).
     """
@@ -99,9 +101,10 @@ class PyramidFusion(nn.Module):
                             output_padding=0,
                             act=act,
                             norm=norm,
+                            bias=norm is None,
                             is_transposed=True,
                         )
-                        for c_in, c_out in zip(widths[:-1], widths[1:])
+                        for c_in, c_out in zip(widths[:-1], widths[1:], strict=True)
                     ]
                 )
             )
@@ -118,12 +121,13 @@ class SCUNeXt(UNeXt):
     """
     SC-UNeXt: UNeXt-S with multiplicative skip fusion, CBAM on the skips and pyramid feature fusion.
 
-    Reference: J. Smith, "Advanced Medical Image Segmentation with Multi-Scale Feature Fusion and
-    Attention Mechanisms" (SC-UNeXt), built on Valanarasu and Patel, "UNeXt", MICCAI 2022,
-    https://arxiv.org/abs/2203.04967.
+    Reference: John Smith, "Advanced Medical Image Segmentation with Multi-Scale Feature Fusion and
+    Attention Mechanisms" (the paper text names no venue), built on Valanarasu and Patel, "UNeXt: MLP-based
+    Rapid Medical Image Segmentation Network", MICCAI 2022, https://arxiv.org/abs/2203.04967.
 
     The encoder, decoder convs and shifted MLP blocks are those of ``UNeXt``; three switches add the
-    paper's changes, and with all three off the network is exactly ``UNeXt`` with the same ``features``:
+    paper's changes through UNeXt's ``make_skip_fusion`` and ``make_level_fusion`` hooks, and with all three
+    off the network is exactly ``UNeXt`` with the same ``features`` (same modules and state-dict keys):
 
     - ``sc_skip``: at each of the four skips, ``z_l = f([up2(z_{l+1}) * x_l] + up2(z_{l+1}))`` where
       ``up2`` is UNeXt's decoder conv + upsampling and ``x_l`` the encoder map (see ``SCSkipFusion``). At the
@@ -131,14 +135,14 @@ class SCUNeXt(UNeXt):
       two token-resolution skips (1/16 and 1/8) ``f`` is the shifted MLP block (+ LayerNorm) that UNeXt
       already applies there; a dense 3x3 conv at those widths (64, 32) would add 46 k parameters, which
       contradicts the paper's SC-UNeXt being no larger than UNeXt.
-    - ``use_cbam``: CBAM (reduction 16, 7x7 spatial gate with batch norm) on each of the four fused skip
+    - ``use_cbam``: CBAM (reduction 16, 7x7 spatial gate with ``norm``) on each of the four fused skip
       maps, i.e. after ``f`` at conv levels and before the shifted MLP block at token levels.
     - ``pyramid_fusion``: PFM (see ``PyramidFusion``); the four skip-level decoder outputs are brought to
       full size by chains of 2x transposed convs of width ``features[0]`` and added to the full-resolution
       decoder output, then the 1x1 head.
 
     Measured at 3x256x256 input and 1 output channel (FlopCounterMode, MACs = FLOPs / 2): all switches on
-    263,345 parameters and 0.143 GMACs (paper: about 249.5 k, 0.13 G); UNeXt-S 253,561 and 0.099 G.
+    263,065 parameters and 0.143 GMACs (paper: about 249.5 k, 0.13 G); UNeXt-S 253,385 and 0.099 G.
 
     Args:
         spatial_dims: number of spatial dimensions, 2 or 3.
@@ -149,11 +153,23 @@ class SCUNeXt(UNeXt):
         use_cbam: CBAM on the fused skip maps. Defaults to True.
         pyramid_fusion: pyramid feature fusion before the head. Defaults to True.
         act: activation of the conv stages, decoder convs, ``f`` and the PFM (MONAI form). Defaults to "relu".
-        norm: norm of the conv stages, decoder convs, ``f`` and the PFM (MONAI form). Defaults to "batch".
+        norm: norm of the conv stages, decoder convs, ``f``, CBAM and the PFM (MONAI form). Defaults to "batch".
         dropout: dropout probability inside the shifted MLP blocks. Defaults to 0.
 
     Input shape (B, in_channels, *spatial) with every spatial size divisible by 32 (a ``ValueError``
     names the size otherwise); output shape (B, out_channels, *spatial).
+
+    Examples::
+
+        # 2D skin lesion images (RGB), one-channel mask
+        >>> net = SCUNeXt(spatial_dims=2, in_channels=3, out_channels=1)
+
+        # one switch at a time, and the plain baseline
+        >>> pfm_only = SCUNeXt(2, 3, 1, sc_skip=False, use_cbam=False)
+        >>> plain = SCUNeXt(2, 3, 1, sc_skip=False, use_cbam=False, pyramid_fusion=False)  # UNeXt(2, 3, 1) exactly
+
+        # 3D with small widths
+        >>> net = SCUNeXt(spatial_dims=3, in_channels=1, out_channels=2, features=(4, 8, 16, 24, 32))
     """
 
     def __init__(
@@ -169,14 +185,21 @@ class SCUNeXt(UNeXt):
         norm: tuple | str | None = "batch",
         dropout: float = 0.0,
     ) -> None:
+        def make_skip_fusion(level: int, channels: int) -> SCSkipFusion:
+            # Levels 0 and 1 are token levels: the shifted MLP block after the skip already plays the part of f.
+            return SCSkipFusion(spatial_dims, channels, sc_skip, use_cbam, level >= 2, act, norm)
+
+        def make_level_fusion(level_channels: Sequence[int]) -> PyramidFusion:
+            return PyramidFusion(spatial_dims, level_channels, act, norm)
+
         super().__init__(
-            spatial_dims, in_channels, out_channels, features=features, act=act, norm=norm, dropout=dropout
+            spatial_dims,
+            in_channels,
+            out_channels,
+            features=features,
+            act=act,
+            norm=norm,
+            dropout=dropout,
+            make_skip_fusion=make_skip_fusion if sc_skip or use_cbam else None,
+            make_level_fusion=make_level_fusion if pyramid_fusion else None,
         )
-        f0, f1, f2, f3, _ = self.features
-        # UNeXt builds the plain network; the switches swap its parameter-free skip adds and output selection.
-        if sc_skip or use_cbam:
-            # At the two token levels the shifted MLP block after the skip already plays the part of f.
-            for stage, channels, fusion_conv in zip(self.decoder, (f3, f2, f1, f0), (False, False, True, True)):
-                stage.skip_fusion = SCSkipFusion(spatial_dims, channels, sc_skip, use_cbam, fusion_conv, act, norm)
-        if pyramid_fusion:
-            self.level_fusion = PyramidFusion(spatial_dims, (f3, f2, f1, f0, f0), act, norm)

@@ -4,7 +4,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
-
 from monai.networks.layers.factories import Conv, Pool
 
 from custom_networks.nets.spatial_size import check_divisible
@@ -65,12 +64,12 @@ class UNetSkeleton(nn.Module):
         make_bottleneck = make_bottleneck or make_block
 
         self.encoder = nn.ModuleList(
-            [make_block(c_in, c_out) for c_in, c_out in zip((in_channels,) + features[:-2], features[:-1])]
+            [make_block(c_in, c_out) for c_in, c_out in zip((in_channels,) + features[:-2], features[:-1], strict=True)]
         )
         self.pool = Pool[Pool.MAX, spatial_dims](kernel_size=2, stride=2)
         self.bottleneck = make_bottleneck(features[-2], features[-1])
 
-        deep_to_shallow = list(zip(features[-1:0:-1], features[-2::-1]))  # (coarse width, skip width)
+        deep_to_shallow = list(zip(features[-1:0:-1], features[-2::-1], strict=True))  # (coarse width, skip width)
         conv_trans = Conv[Conv.CONVTRANS, spatial_dims]
         self.upsample = nn.ModuleList([conv_trans(c, s, kernel_size=2, stride=2) for c, s in deep_to_shallow])
         self.skip_gates = nn.ModuleList(
@@ -87,7 +86,7 @@ class UNetSkeleton(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.bottleneck(x)
-        for upsample, skip_gate, block in zip(self.upsample, self.skip_gates, self.decoder):
+        for upsample, skip_gate, block in zip(self.upsample, self.skip_gates, self.decoder, strict=True):
             skip = skip_gate(skips.pop(), x)
             x = block(torch.cat([skip, upsample(x)], dim=1))
         return self.head(x)

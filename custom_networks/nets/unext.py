@@ -1,18 +1,18 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import List
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monai.networks.blocks import Convolution
+from monai.networks.layers.factories import Conv, Pool
+from monai.networks.layers.utils import get_act_layer
 
 from custom_networks.blocks.shifted_mlp import ShiftedMLPBlock
 from custom_networks.blocks.tokenizer import OverlapPatchEmbedding
 from custom_networks.nets.spatial_size import check_divisible
-from monai.networks.blocks import Convolution
-from monai.networks.layers.factories import Conv, Pool
-from monai.networks.layers.utils import get_act_layer
 
 __all__ = ["UNeXt"]
 
@@ -76,12 +76,15 @@ class UNeXt(nn.Module):
     the encoder skip is added; the two token-resolution levels (1/16 and 1/8) follow with a shifted MLP block
     and LayerNorm. A last 3x3 conv (no norm), upsampling and act reach full size; a 1x1 conv gives logits.
     The shifted MLP blocks use GELU and LayerNorm whatever ``act`` and ``norm`` are. Skip joins
-    (``decoder[i].skip_fusion``) and the choice of the output level (``level_fusion``) are modules so that
-    ``SCUNeXt`` can replace them. With batch norm, training with batch size 1 needs inputs of at least 64
-    per axis (the first decoder conv normalises the 1/32-size bottleneck).
+    (``decoder[i].skip_fusion``) and the choice of the output level (``level_fusion``) are modules built by
+    ``make_skip_fusion`` and ``make_level_fusion``, the hooks through which ``SCUNeXt`` builds its variant.
+    With batch norm, training with batch size 1 needs inputs of at least 64 per axis (the first decoder conv
+    normalises the 1/32-size bottleneck).
 
-    At 3x256x256 input and 1 output channel: size "s" has 253,561 parameters and 0.099 GMACs (the
-    reference UNeXt-S), size "base" 1,471,921 parameters and 0.562 GMACs (the reference UNeXt).
+    Convs followed by a norm carry no bias (the reference code has one, which the norm cancels). At
+    3x256x256 input and 1 output channel: size "s" has 253,385 parameters and 0.099 GMACs, size "base"
+    1,471,409 parameters and 0.562 GMACs (the reference UNeXt-S and UNeXt: 253,561 and 1,471,921, i.e.
+    176 and 512 such biases more).
 
     Args:
         spatial_dims: number of spatial dimensions, 2 or 3.
@@ -92,9 +95,26 @@ class UNeXt(nn.Module):
         act: activation of the conv stages and decoder convs (MONAI form). Defaults to "relu".
         norm: norm of the conv stages and decoder convs (MONAI form). Defaults to "batch".
         dropout: dropout probability inside the shifted MLP blocks. Defaults to 0.
+        make_skip_fusion: ``(level, channels) -> nn.Module`` whose ``forward(upsampled, skip)`` joins the
+            skip at decoder level ``level`` (0 to 3, coarsest first; levels 0 and 1 are the token levels at
+            1/16 and 1/8 size) of width ``channels``. Defaults to ``AddSkip`` (addition).
+        make_level_fusion: ``(level_channels) -> nn.Module`` whose ``forward(levels)`` maps the list of the
+            four decoder level outputs plus the full-size map (widths ``level_channels``, coarsest first)
+            to the map the head sees. Defaults to ``LastLevel`` (the full-size map).
 
     Input shape (B, in_channels, *spatial) with every spatial size divisible by 32 (a ``ValueError``
     names the size otherwise); output shape (B, out_channels, *spatial).
+
+    Examples::
+
+        # UNeXt-S for 2D RGB images, one-channel mask
+        >>> net = UNeXt(spatial_dims=2, in_channels=3, out_channels=1)
+
+        # the larger reference UNeXt
+        >>> net = UNeXt(spatial_dims=2, in_channels=3, out_channels=1, size="base")
+
+        # 3D with small widths and group norm
+        >>> net = UNeXt(3, 1, 2, features=(4, 8, 16, 24, 32), norm=("group", {"num_groups": 2}))
     """
 
     def __init__(
@@ -107,6 +127,8 @@ class UNeXt(nn.Module):
         act: tuple | str = "relu",
         norm: tuple | str | None = "batch",
         dropout: float = 0.0,
+        make_skip_fusion: Callable[[int, int], nn.Module] | None = None,
+        make_level_fusion: Callable[[Sequence[int]], nn.Module] | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -134,13 +156,14 @@ class UNeXt(nn.Module):
         self.decoder = nn.ModuleList(
             UNeXtDecoderStage(
                 self._upsample(spatial_dims, deeper, width, act, norm),
-                AddSkip(),
+                make_skip_fusion(level, width) if make_skip_fusion else AddSkip(),
                 self._token_mixer(spatial_dims, width, dropout) if tokens else nn.Identity(),
             )
-            for deeper, width, tokens in decoder_levels
+            for level, (deeper, width, tokens) in enumerate(decoder_levels)
         )
         self.final_upsample = self._upsample(spatial_dims, f0, f0, act, None)
-        self.level_fusion: nn.Module = LastLevel()
+        level_channels = (f3, f2, f1, f0, f0)
+        self.level_fusion = make_level_fusion(level_channels) if make_level_fusion else LastLevel()
         self.head = Conv[Conv.CONV, spatial_dims](f0, out_channels, kernel_size=1)
 
     @staticmethod
@@ -149,7 +172,9 @@ class UNeXt(nn.Module):
     ) -> nn.Sequential:
         # The reference pools between norm and activation, so MONAI's Convolution carries no act here.
         return nn.Sequential(
-            Convolution(spatial_dims, in_channels, out_channels, kernel_size=3, act=None, norm=norm),
+            Convolution(
+                spatial_dims, in_channels, out_channels, kernel_size=3, act=None, norm=norm, bias=norm is None
+            ),
             Pool[Pool.MAX, spatial_dims](kernel_size=2),
             get_act_layer(act),
         )
@@ -173,7 +198,14 @@ class UNeXt(nn.Module):
         # Conv at the coarse size, then interpolation, then act (reference order), so no MONAI UpSample block.
         return nn.Sequential(
             Convolution(
-                spatial_dims, in_channels, out_channels, kernel_size=3, act=None, norm=norm, conv_only=norm is None
+                spatial_dims,
+                in_channels,
+                out_channels,
+                kernel_size=3,
+                act=None,
+                norm=norm,
+                bias=norm is None,
+                conv_only=norm is None,
             ),
             nn.Upsample(scale_factor=2, mode="bilinear" if spatial_dims == 2 else "trilinear", align_corners=False),
             get_act_layer(act),

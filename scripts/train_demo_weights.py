@@ -2,11 +2,11 @@
 
 Steps: write the Kaggle-layout demo brain tumour set (128 x 128 slices from the generator family of the sample
 study) plus tumour-free slices of healthy sample-like heads (the Kaggle layout has a tumour in every slice; a
-network that never saw a healthy slice marks a "tumour" in every slice of a volume), write the datalist, run the bundle's ``train.json`` through ``python -m monai.bundle run`` with the
-widths recorded in ``configs/demo.json``, copy the best checkpoint to ``models/demo_model.pt``, then run the
-main job's command (``inference.json`` + ``demo.json``) on ``sample_data/`` and report the Dice of both masks
-against the sample study's known lesion. Fails (exit 1) without copying when the validation Dice is below
-``--min-dice``.
+network that never saw a healthy slice marks a "tumour" in every slice of a volume), write the datalist, run the
+bundle's ``train.json`` through ``python -m monai.bundle run`` with the widths recorded in ``configs/demo.json``,
+copy the best checkpoint to ``models/demo_model.pt``, then run the main job's command (``inference.json`` +
+``demo.json``) on ``sample_data/`` and report the Dice of both masks against the sample study's known lesion. Fails
+(exit 1) without copying when the validation Dice is below ``--min-dice``.
 
 Example: python scripts/train_demo_weights.py --epochs 20
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from custom_networks.clinical.atomic import atomic_path
+from custom_networks.atomic_files import atomic_path
 from custom_networks.data.datalist import build_datalist, write_datalist
 from custom_networks.data.demo import write_brain_tumor_png
 from custom_networks.data.sample_study import lesion_dice, write_lesion_free_slices
@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     best = re.findall(r"val_mean_dice best value: ([0-9.]+) at epoch: (\d+)", log)[-1]
     best_dice, best_epoch = float(best[0]), int(best[1])
     print(
-        f"training: {args.epochs} epochs in {minutes:.1f} min; best validation Dice {best_dice:.3f} (epoch {best_epoch})"
+        f"training: {args.epochs} epochs in {minutes:.1f} min; "
+        f"best validation Dice {best_dice:.3f} (epoch {best_epoch})"
     )
     if best_dice < args.min_dice:
         raise SystemExit(f"validation Dice {best_dice:.3f} is below {args.min_dice}; demo weights not replaced")

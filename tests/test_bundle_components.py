@@ -5,21 +5,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine, Events
-from PIL import Image
-
 from monai.data import MetaTensor
 from monai.transforms import AsDiscrete, Compose, Invertd, LoadImaged
+from PIL import Image
+
+from custom_networks.data.bundle_inputs import INPUT_ERROR, image_channels, load_datalist
+from custom_networks.handlers import TrainingCurvesSaver
+from custom_networks.transforms import (
+    ChannelArgmaxd,
+    ResizeInPlane,
+    ResizeInPlaned,
+    UnionMaskChannels,
+    UnionMaskChannelsd,
+)
 
 from conftest import add_volume, make_demo_task
-
-from custom_networks.data.bundle_inputs import INPUT_ERROR, image_channels, list_images, load_datalist
-from custom_networks.handlers import TrainingCurvesSaver
-from custom_networks.transforms import ChannelArgmaxd, ResizeInPlane, ResizeInPlaned, SaveMaskd, UnionMaskChannels, UnionMaskChannelsd
 
 
 def test_channel_argmax_equals_monai_argmax_ties_included_and_keeps_meta():
@@ -75,23 +79,6 @@ def test_resize_in_plane_keeps_depth_and_inverts(shape, expected):
 def test_resize_in_plane_rejects_1d():
     with pytest.raises(ValueError, match="spatial dims"):
         ResizeInPlane((4, 4))(torch.rand(1, 8))
-
-
-def test_save_mask_writes_png_for_2d_and_nifti_for_3d(tmp_path):
-    volume_path = add_volume(tmp_path, channels=1, shape=(12, 10, 3))
-    volume = LoadImaged("image", ensure_channel_first=True)({"image": str(volume_path)})["image"]
-    flat = MetaTensor(torch.zeros(1, 12, 10), meta={"filename_or_obj": str(tmp_path / "slice.png")})
-    flat[0, 2:5, 1:3] = 1
-    mask_3d = (volume > 128).float()
-    mask_3d.meta = volume.meta
-    saver = SaveMaskd("pred", output_dir=tmp_path / "out")
-    saver({"pred": flat})
-    saver({"pred": mask_3d})
-    png = np.asarray(Image.open(tmp_path / "out" / "slice_seg.png"))
-    np.testing.assert_array_equal(png.T, flat[0].numpy() * 255)
-    nifti = nib.load(tmp_path / "out" / "volume_seg.nii.gz")
-    np.testing.assert_array_equal(np.asarray(nifti.dataobj), mask_3d[0].numpy())
-    np.testing.assert_allclose(nifti.affine, nib.load(volume_path).affine)
 
 
 def test_training_curves_png_holds_loss_and_validation_metrics(tmp_path):
@@ -206,17 +193,9 @@ def test_load_datalist_checks_both_montgomery_masks(tmp_path):
     _expect_exit(lambda: load_datalist(tmp_path, datalist, "training", 1), "rightMask/a.png", "not found")
 
 
-def test_list_images_for_inference(tmp_path):
-    _write(tmp_path / "b.png", "L")
-    _write(tmp_path / "a.jpg", "L")
-    (tmp_path / "notes.txt").write_text("not an image")
-    (tmp_path / "sub").mkdir()
-    assert [Path(item["image"]).name for item in list_images(tmp_path, 1)] == ["a.jpg", "b.png"]
-    _expect_exit(lambda: list_images(tmp_path, 3), "a.jpg", "expects 3")
-    only_text = tmp_path / "text"
-    only_text.mkdir()
-    (only_text / "x.txt").write_text("x")
-    _expect_exit(lambda: list_images(only_text, 1), str(only_text), "no image files")
-    broken = _write(tmp_path / "broken" / "x.png", "L")
+def test_load_datalist_reports_an_unreadable_image(tmp_path):
+    broken = _write(tmp_path / "images" / "x.png", "L")
     broken.write_bytes(b"not a png")
-    _expect_exit(lambda: list_images(broken.parent, 1), "x.png", "not a readable image")
+    label = _write(tmp_path / "masks" / "x.png", "L")
+    datalist = _datalist(tmp_path, {"training": [{"image": "images/x.png", "label": str(label)}]})
+    _expect_exit(lambda: load_datalist(tmp_path, datalist, "training", 1), "x.png", "not a readable image")

@@ -27,13 +27,12 @@ import pydicom
 import pytest
 import tifffile
 import torch
-from clinical_fixtures import marker_volume, write_radiograph, write_series, write_structured_report
-from conftest import BUNDLES, BUNDLES_DIR, REPO, TINY_OVERRIDES, cli_args, run_cli
 from monai.bundle import ConfigParser
 from monai.bundle import run as bundle_run
 from monai.inferers import SlidingWindowInferer
 from PIL import Image
 
+from custom_networks.atomic_files import TEMP_PREFIX
 from custom_networks.clinical import (
     CaseError,
     LoadClinicalImage,
@@ -43,7 +42,6 @@ from custom_networks.clinical import (
     is_on,
     segment_labels,
 )
-from custom_networks.clinical.atomic import TEMP_PREFIX
 from custom_networks.data.sample_study import (
     SAMPLE_SHAPE,
     lesion_dice,
@@ -51,6 +49,9 @@ from custom_networks.data.sample_study import (
     write_lesion_free_slices,
     write_sample_study,
 )
+
+from clinical_fixtures import marker_volume, write_radiograph, write_series, write_structured_report
+from conftest import BUNDLES, BUNDLES_DIR, REPO, TINY_OVERRIDES, cli_args, run_cli
 
 BRAIN = "brain_tumor_mri_gsconv_eca_unet"
 SAMPLE = BUNDLES_DIR / BRAIN / "sample_data"

@@ -11,17 +11,6 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from clinical_fixtures import (
-    Study,
-    marker_volume,
-    rotation,
-    write_nifti,
-    write_radiograph,
-    write_rt_plan,
-    write_series,
-    write_structured_report,
-    write_undecodable_slice,
-)
 from monai.data import DataLoader, MetaTensor
 from monai.engines import SupervisedEvaluator
 from monai.transforms import (
@@ -38,7 +27,7 @@ from PIL import Image
 from pydicom.pixels import get_decoder
 from pydicom.uid import HTJ2KLossless, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, RLELossless, generate_uid
 
-from custom_networks.clinical.atomic import TEMP_PREFIX, atomic_path
+from custom_networks.atomic_files import TEMP_PREFIX, atomic_path
 from custom_networks.clinical.cases import (
     CaseOutcomeRecorder,
     ClinicalCaseDataset,
@@ -52,12 +41,24 @@ from custom_networks.clinical.overlay import SaveOverlayPNGd, label_contours
 from custom_networks.clinical.seg_writer import SaveDicomSegd
 from custom_networks.clinical.slice_inferer import SliceWiseInferer
 
+from clinical_fixtures import (
+    Study,
+    marker_volume,
+    rotation,
+    write_nifti,
+    write_radiograph,
+    write_rt_plan,
+    write_series,
+    write_structured_report,
+    write_undecodable_slice,
+)
+
 SPACING = (0.8, 1.2, 3.0)
 OBLIQUE = rotation((70, -15, 30))  # oblique coronal: LSA, neither axial nor axis-aligned
 ORIGIN = (-10.0, 5.0, 30.0)
 MARKER = 1000
 CHANNEL_DEF = {"0": "background", "1": "tumour", "2": "oedema"}
-ATOMIC_WRITER = "custom_networks.clinical.atomic.AtomicNibabelWriter"
+ATOMIC_WRITER = "custom_networks.clinical.mask_writer.AtomicNibabelWriter"
 
 
 class ThresholdNet(torch.nn.Module):
@@ -204,7 +205,7 @@ def test_dicom_seg_round_trip_is_voxel_exact_and_references_the_source(tmp_path)
     np.testing.assert_array_equal(pixels, expected)
     by_uid = {s.SOPInstanceUID: k for k, s in enumerate(sources)}
     frames = seg.pixel_array.reshape(seg.NumberOfFrames, *expected.shape[1:])
-    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence):
+    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
         k = by_uid[item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
         segment = item.SegmentIdentificationSequence[0].ReferencedSegmentNumber
         np.testing.assert_array_equal(frame.astype(bool), expected[k] == segment)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from custom_networks.clinical.atomic import AtomicNibabelWriter, atomic_path
 from custom_networks.clinical.bundle_config import bundle_metadata, is_on, segment_labels
 from custom_networks.clinical.cases import (
     Case,
@@ -13,10 +12,10 @@ from custom_networks.clinical.cases import (
     cases_datalist,
     discover_cases,
 )
-from custom_networks.clinical.dicom_series import SeriesRules, discover_series, load_series, select_series, sort_series
+from custom_networks.clinical.dicom_series import SeriesRules, discover_series, select_series, sort_series
 from custom_networks.clinical.errors import CaseError
 from custom_networks.clinical.load_case import LoadClinicalImage, LoadClinicalImaged, input_form
-from custom_networks.clinical.mask_writer import AtomicPILWriter, SaveClinicalMaskd
+from custom_networks.clinical.mask_writer import AtomicNibabelWriter, AtomicPILWriter, SaveClinicalMaskd
 from custom_networks.clinical.overlay import SaveOverlayPNGd
 from custom_networks.clinical.radiograph import load_radiograph
 from custom_networks.clinical.seg_writer import SaveDicomSegd
@@ -38,7 +37,6 @@ __all__ = [
     "SaveOverlayPNGd",
     "SeriesRules",
     "SliceWiseInferer",
-    "atomic_path",
     "bundle_metadata",
     "cases_datalist",
     "discover_cases",
@@ -46,7 +44,6 @@ __all__ = [
     "input_form",
     "is_on",
     "load_radiograph",
-    "load_series",
     "segment_labels",
     "select_series",
     "sort_series",

@@ -25,7 +25,7 @@ from monai.transforms import MapTransform, apply_transform
 from monai.utils import MetaKeys
 from torch.utils.data import get_worker_info
 
-from custom_networks.clinical.atomic import atomic_path
+from custom_networks.atomic_files import atomic_path
 from custom_networks.clinical.errors import CaseError, find_case_error, one_line
 from custom_networks.clinical.load_case import IMAGE_SUFFIXES, NIFTI_SUFFIXES, input_form
 from custom_networks.clinical.meta import OUTPUTS_KEY
@@ -210,9 +210,10 @@ class ClinicalCaseDataset(IterableDataset):
     """A dataset over case dicts that records a failing case and goes on with the next one.
 
     A case whose item carries an ``error`` (see :func:`discover_cases`), or any error while ``transform``
-    prepares a case (its :class:`CaseError` message, or the error type and message otherwise), is recorded as a failed outcome and logged, and the case is not yielded, so one bad input
-    never stops a run. Items are shared among DataLoader workers as MONAI's ``IterableDataset`` does; having no
-    length, the evaluator's epoch ends when the cases run out.
+    prepares a case (its :class:`CaseError` message, or the error type and message otherwise), is recorded as a
+    failed outcome and logged, and the case is not yielded, so one bad input never stops a run. Items are shared
+    among DataLoader workers as MONAI's ``IterableDataset`` does; having no length, the evaluator's epoch ends when
+    the cases run out.
 
     Args:
         data: case dicts, e.g. from :func:`cases_datalist`.

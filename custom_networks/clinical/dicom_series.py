@@ -34,7 +34,6 @@ __all__ = [
     "SeriesRules",
     "SortedSeries",
     "discover_series",
-    "load_series",
     "read_volume",
     "select_series",
     "sort_series",
@@ -200,7 +199,7 @@ def sort_series(series: DicomSeries) -> SortedSeries:
     pixel_spacing = None
     size = None
     positions = []
-    for path, header in zip(series.files, series.headers):
+    for path, header in zip(series.files, series.headers, strict=True):
         check_image_object(path, header)
         position = read_float_values(path, header, "ImagePositionPatient", 3)
         cosines = read_float_values(path, header, "ImageOrientationPatient", 6)
@@ -290,14 +289,6 @@ def read_volume(geometry: SortedSeries, dtype: np.dtype | type = np.float32) -> 
             )
         volume[:, :, k] = pixels.T
     return volume
-
-
-def load_series(
-    folder: PathLike, rules: SeriesRules = SeriesRules(), dtype: np.dtype | type = np.float32
-) -> tuple[np.ndarray, SortedSeries]:
-    """Discover, choose, validate and read the series of ``folder``: its volume and geometry."""
-    geometry = sort_series(select_series(folder, discover_series(folder), rules))
-    return read_volume(geometry, dtype), geometry
 
 
 def _fmt(values: np.ndarray) -> str:

@@ -7,17 +7,25 @@ from collections.abc import Hashable, Mapping
 import numpy as np
 import torch
 from monai.config import KeysCollection, PathLike
-from monai.data import MetaTensor, PILWriter
+from monai.data import MetaTensor, NibabelWriter, PILWriter
 from monai.transforms import SaveImage, SaveImaged
 
-from custom_networks.clinical.atomic import AtomicNibabelWriter, atomic_path
+from custom_networks.atomic_files import atomic_path
 from custom_networks.clinical.meta import INPUT_KIND_KEY, KIND_IMAGE_2D, OUTPUTS_KEY
 
-__all__ = ["AtomicPILWriter", "SaveClinicalMaskd"]
+__all__ = ["AtomicNibabelWriter", "AtomicPILWriter", "SaveClinicalMaskd"]
+
+
+class AtomicNibabelWriter(NibabelWriter):
+    """MONAI's ``NibabelWriter`` writing through :func:`~custom_networks.atomic_files.atomic_path`."""
+
+    def write(self, filename: PathLike, verbose: bool = False, **obj_kwargs) -> None:
+        with atomic_path(filename) as temporary:
+            super().write(temporary, verbose=verbose, **obj_kwargs)
 
 
 class AtomicPILWriter(PILWriter):
-    """MONAI's ``PILWriter`` writing through :func:`~custom_networks.clinical.atomic.atomic_path`."""
+    """MONAI's ``PILWriter`` writing through :func:`~custom_networks.atomic_files.atomic_path`."""
 
     def write(self, filename: PathLike, verbose: bool = False, **kwargs) -> None:
         with atomic_path(filename) as temporary:

@@ -12,7 +12,7 @@ from monai.data import FolderLayout, MetaTensor
 from monai.transforms import MapTransform
 from PIL import Image
 
-from custom_networks.clinical.atomic import atomic_path
+from custom_networks.atomic_files import atomic_path
 from custom_networks.clinical.dicom_series import LPS_TO_RAS
 from custom_networks.clinical.meta import INPUT_KIND_KEY, OUTPUTS_KEY, PATIENT_FRAME_KINDS
 

@@ -16,7 +16,7 @@ from monai.transforms import MapTransform
 from monai.utils import MetaKeys
 from pydicom.sr.codedict import codes
 
-from custom_networks.clinical.atomic import atomic_path
+from custom_networks.atomic_files import atomic_path
 from custom_networks.clinical.meta import (
     DICOM_KINDS,
     INPUT_KIND_KEY,

@@ -19,21 +19,18 @@ import nibabel as nib
 import pydicom
 from PIL import Image, UnidentifiedImageError
 
-from custom_networks.data.datalist import IMAGE_EXTENSIONS, build_datalist
+from custom_networks.data.datalist import build_datalist
 
 __all__ = [
     "INPUT_ERROR",
-    "IMAGE_SUFFIXES",
     "input_error",
     "image_channels",
     "check_dataset_dir",
     "load_datalist",
-    "list_images",
 ]
 
 INPUT_ERROR = "bundle input error"
 # inference also takes single DICOM files; datalists pair the other formats
-IMAGE_SUFFIXES = (*IMAGE_EXTENSIONS, ".dcm")
 
 # channels of the PIL modes MONAI's PILReader loads unconverted; a palette image ("P") loads as indices
 _PIL_MODE_CHANNELS = {
@@ -204,22 +201,3 @@ def load_datalist(
                 raise input_error(label, f"label listed in the {split!r} datalist not found")
         _check_channels(item["image"], in_channels)
     return items
-
-
-def list_images(dataset_dir: str | Path, in_channels: int, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[dict]:
-    """
-    Items ``{"image": path}`` for every image file directly inside ``dataset_dir``, sorted by name.
-
-    Used by inference: point ``dataset_dir`` at a folder of images (2D images or 3D volumes).
-
-    Raises:
-        SystemExit: the folder is missing or empty, holds no file with one of ``suffixes``, or an image does
-            not have ``in_channels`` channels.
-    """
-    folder = check_dataset_dir(dataset_dir)
-    images = sorted(path for path in folder.iterdir() if path.is_file() and _has_suffix(path, suffixes))
-    if not images:
-        raise input_error(folder, f"no image files ({', '.join(suffixes)}) in dataset_dir")
-    for image in images:
-        _check_channels(image, in_channels)
-    return [{"image": str(image)} for image in images]

@@ -31,14 +31,14 @@ warned about.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from monai.data import partition_dataset
+
+from custom_networks.atomic_files import atomic_path
 
 __all__ = [
     "LAYOUTS",
@@ -376,16 +376,8 @@ def build_datalist(
 
 
 def write_datalist(datalist: dict, path: str | Path) -> Path:
-    """Write ``datalist`` as JSON to ``path`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``datalist`` as JSON to ``path`` (temporary file in the same folder, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(datalist, stream, indent=2)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(datalist, indent=2) + "\n")
     return path

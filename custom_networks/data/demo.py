@@ -32,6 +32,13 @@ __all__ = [
     "write_shenzhen_cxr",
     "write_isic2018",
     "write_demo_dataset",
+    "blob_radius",
+    "blur",
+    "gaussian_noise",
+    "head_geometry",
+    "random_wobble",
+    "smooth_noise",
+    "tumour_in_brain",
 ]
 
 DEMO_TASKS = ("brain_tumor", "lgg", "montgomery", "shenzhen", "isic2018")
@@ -45,7 +52,7 @@ _LGG_SITES = ("CS", "DU", "EZ", "FG", "HT")
 _FAR = 1e3
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cell: float) -> np.ndarray:
+def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cell: float) -> np.ndarray:
     """Zero-mean, unit-std random field with structures about ``cell`` pixels wide."""
     h, w = shape
     coarse = rng.standard_normal((max(2, round(h / cell) + 2), max(2, round(w / cell) + 2))).astype(np.float32)
@@ -53,11 +60,11 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cell: float)
     return (field - field.mean()) / (field.std() + 1e-6)
 
 
-def _noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+def gaussian_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
     return rng.standard_normal(shape, dtype=np.float32) * np.float32(sigma)
 
 
-def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
+def blur(image: np.ndarray, sigma: float) -> np.ndarray:
     """Separable Gaussian blur of a float (H, W) or (H, W, C) array (Pillow cannot blur float images)."""
     radius = max(1, int(math.ceil(2.5 * sigma)))
     offsets = np.arange(-radius, radius + 1)
@@ -76,7 +83,7 @@ def _grid(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return yy, xx
 
 
-def _blob_radius(
+def blob_radius(
     shape: tuple[int, int],
     centre: tuple[float, float],
     radii: tuple[float, float],
@@ -111,7 +118,7 @@ def _blob_radius(
     return out
 
 
-def _random_wobble(rng: np.random.Generator, strength: float, harmonics: int = 4) -> np.ndarray:
+def random_wobble(rng: np.random.Generator, strength: float, harmonics: int = 4) -> np.ndarray:
     amplitudes = rng.uniform(0.0, strength, harmonics) / np.arange(1, harmonics + 1)
     phases = rng.uniform(0.0, 2 * math.pi, harmonics)
     return np.stack([amplitudes, phases], axis=1)
@@ -136,7 +143,7 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, compress_level=1)
 
 
-def _head(rng: np.random.Generator, shape: tuple[int, int]) -> dict:
+def head_geometry(rng: np.random.Generator, shape: tuple[int, int]) -> dict:
     """Random elliptical head geometry shared by the brain MRI generators."""
     h, w = shape
     ry = h * rng.uniform(0.39, 0.45)
@@ -144,11 +151,11 @@ def _head(rng: np.random.Generator, shape: tuple[int, int]) -> dict:
         "centre": (h / 2 + rng.uniform(-0.03, 0.03) * h, w / 2 + rng.uniform(-0.03, 0.03) * w),
         "radii": (ry, ry * rng.uniform(0.76, 0.88)),
         "angle": rng.uniform(-0.15, 0.15),
-        "wobble": _random_wobble(rng, 0.03),
+        "wobble": random_wobble(rng, 0.03),
     }
 
 
-def _tumour_in_brain(
+def tumour_in_brain(
     rng: np.random.Generator, head: dict, area: float
 ) -> tuple[tuple[float, float], tuple[float, float], float, np.ndarray]:
     """Random tumour geometry (centre, radii, angle, wobble) whose centre lies well inside the brain."""
@@ -158,39 +165,39 @@ def _tumour_in_brain(
         hy + radius * head["radii"][0] * math.sin(direction),
         hx + radius * head["radii"][1] * math.cos(direction),
     )
-    return centre, _radii_for_area(rng, area), rng.uniform(0.0, math.pi), _random_wobble(rng, 0.35)
+    return centre, _radii_for_area(rng, area), rng.uniform(0.0, math.pi), random_wobble(rng, 0.35)
 
 
 def _brain_slice(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
     """One T1-contrast-like brain slice in [0, 1] and its tumour mask."""
     shape = (size, size)
-    head = _head(rng, shape)
-    r_head = _blob_radius(shape, head["centre"], head["radii"], head["angle"], head["wobble"])
+    head = head_geometry(rng, shape)
+    r_head = blob_radius(shape, head["centre"], head["radii"], head["angle"], head["wobble"])
     brain = r_head < 0.83
     for _ in range(20):
         n_tumours = 1 if rng.uniform() < 0.75 else 2
         total_area = rng.uniform(0.07, 0.18) * size * size
         first_share = 1.0 if n_tumours == 1 else rng.uniform(0.35, 0.65)
         shares = [first_share, 1.0 - first_share][:n_tumours]
-        tumours = [_tumour_in_brain(rng, head, total_area * part) for part in shares]
-        radii = [_blob_radius(shape, *tumour) for tumour in tumours]
+        tumours = [tumour_in_brain(rng, head, total_area * part) for part in shares]
+        radii = [blob_radius(shape, *tumour) for tumour in tumours]
         mask = np.logical_or.reduce([r < 1.0 for r in radii]) & brain
         if _LESION_AREA[0] <= mask.mean() <= _LESION_AREA[1]:
             break
 
-    fine, coarse = _smooth_noise(rng, shape, size / 48), _smooth_noise(rng, shape, size / 10)
+    fine, coarse = smooth_noise(rng, shape, size / 48), smooth_noise(rng, shape, size / 10)
     image = np.zeros(shape, np.float32)
     image[r_head < 1.0] = 0.72
     image[r_head < 0.93] = 0.08
     image[r_head < 0.87] = 0.22
     image = np.where(brain, 0.42 + 0.045 * coarse + 0.035 * fine, image)
     for side in (-1.0, 1.0):
-        ventricle = _blob_radius(
+        ventricle = blob_radius(
             shape,
             (head["centre"][0] - 0.05 * size, head["centre"][1] + side * 0.035 * size),
             (0.09 * size, 0.025 * size),
             head["angle"] + side * 0.25,
-            _random_wobble(rng, 0.1),
+            random_wobble(rng, 0.1),
         )
         image = np.where((ventricle < 1.0) & ~mask, 0.18, image)
     for r in radii:
@@ -205,9 +212,9 @@ def _brain_slice(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
             tumour = np.where(r > 0.88, 0.62, 0.2 + 0.04 * fine)
         image = np.where(inside, tumour, image)
 
-    image = _blur(image, size / 400)
-    bias = 1.0 + 0.12 * _smooth_noise(rng, shape, size / 2)
-    image = image * bias + _noise(rng, shape, 0.035)
+    image = blur(image, size / 400)
+    bias = 1.0 + 0.12 * smooth_noise(rng, shape, size / 2)
+    image = image * bias + gaussian_noise(rng, shape, 0.035)
     return image, mask
 
 
@@ -248,12 +255,12 @@ def _lgg_case_names(rng: np.random.Generator, n_patients: int) -> list[str]:
 def _lgg_volume(rng: np.random.Generator, n_slices: int, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Slices of one synthetic patient: (RGB image in [0, 1] as pre-contrast, FLAIR, post-contrast; mask)."""
     shape = (size, size)
-    head = _head(rng, shape)
+    head = head_geometry(rng, shape)
     n_tumour = min(max(1, round(rng.uniform(0.35, 0.6) * n_slices)), max(1, n_slices - 1))
     first = int(rng.integers(max(1, (n_slices - n_tumour) // 4), max(2, n_slices - n_tumour + 1)))
     first = min(first, n_slices - n_tumour)
     tumour_slices = range(first, first + n_tumour)
-    centre, radii, angle, wobble = _tumour_in_brain(rng, head, rng.uniform(0.09, 0.18) * size * size)
+    centre, radii, angle, wobble = tumour_in_brain(rng, head, rng.uniform(0.09, 0.18) * size * size)
     enhancing = rng.uniform() < 0.5
     flair_lesion = rng.uniform(0.58, 0.78)
     slices = []
@@ -261,16 +268,16 @@ def _lgg_volume(rng: np.random.Generator, n_slices: int, size: int) -> list[tupl
         # the head is smallest at the ends of the stack and largest in the middle
         position = (z + 0.5) / n_slices * 2.0 - 1.0
         slice_head = dict(head, radii=tuple(r * math.sqrt(1.0 - 0.5 * position**2) for r in head["radii"]))
-        r_head = _blob_radius(shape, slice_head["centre"], slice_head["radii"], head["angle"], head["wobble"])
+        r_head = blob_radius(shape, slice_head["centre"], slice_head["radii"], head["angle"], head["wobble"])
         brain = r_head < 0.85
         if z in tumour_slices:
             t = (z + 0.5 - first) / n_tumour * 2.0 - 1.0
             scale = math.sqrt(0.6 + 0.4 * (1.0 - t**2))
-            r_tumour = _blob_radius(shape, centre, (radii[0] * scale, radii[1] * scale), angle, wobble)
+            r_tumour = blob_radius(shape, centre, (radii[0] * scale, radii[1] * scale), angle, wobble)
         else:
             r_tumour = np.full(shape, _FAR, np.float32)
         mask = (r_tumour < 1.0) & brain
-        fine, coarse = _smooth_noise(rng, shape, size / 40), _smooth_noise(rng, shape, size / 8)
+        fine, coarse = smooth_noise(rng, shape, size / 40), smooth_noise(rng, shape, size / 8)
         channels = []
         #             scalp, skull, brain, tumour, tumour core
         for levels in (
@@ -290,9 +297,9 @@ def _lgg_volume(rng: np.random.Generator, n_slices: int, size: int) -> list[tupl
             # post-contrast: patchy enhancement inside part of the lesion only
             channels[2] = np.where(mask & (coarse > 0.3), 0.72 + 0.04 * fine, channels[2])
         image = np.stack(channels, axis=-1)
-        image = _blur(image, size / 300)
-        bias = 1.0 + 0.15 * _smooth_noise(rng, shape, size / 2)
-        image = image * bias[..., None] + _noise(rng, image.shape, 0.03)
+        image = blur(image, size / 300)
+        bias = 1.0 + 0.15 * smooth_noise(rng, shape, size / 2)
+        image = image * bias[..., None] + gaussian_noise(rng, image.shape, 0.03)
         image[r_head >= 1.0] = 0.0
         slices.append((image, mask))
     return slices
@@ -354,7 +361,7 @@ def _chest_xray(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     heart = heart_radius < 1.0
     right_lung, left_lung = lungs[0] & ~heart, lungs[1] & ~heart
 
-    fine, coarse = _smooth_noise(rng, shape, size / 60), _smooth_noise(rng, shape, size / 12)
+    fine, coarse = smooth_noise(rng, shape, size / 60), smooth_noise(rng, shape, size / 12)
     image = np.where(body, 0.62 + 0.03 * coarse, 0.06)
     lung_fields = right_lung | left_lung
     hilum = np.exp(-(((np.abs(x - 0.5) - 0.12) / 0.08) ** 2))
@@ -371,9 +378,9 @@ def _chest_xray(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     clavicle = np.abs(y - (0.15 + 0.15 * np.abs(x - 0.5))) < 0.013
     image = np.where(body & clavicle & (np.abs(x - 0.5) < 0.3), image + 0.14, image)
 
-    image = _blur(image, size / 250)
-    bias = 1.0 + 0.08 * _smooth_noise(rng, shape, size / 2) - 0.1 * ((y - 0.5) ** 2 + (x - 0.5) ** 2)
-    image = image * bias + _noise(rng, shape, 0.025)
+    image = blur(image, size / 250)
+    bias = 1.0 + 0.08 * smooth_noise(rng, shape, size / 2) - 0.1 * ((y - 0.5) ** 2 + (x - 0.5) ** 2)
+    image = image * bias + gaussian_noise(rng, shape, 0.025)
     return image, right_lung, left_lung
 
 
@@ -441,19 +448,19 @@ def _skin_lesion(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.n
     for _ in range(20):
         centre = (h * rng.uniform(0.38, 0.62), w * rng.uniform(0.38, 0.62))
         radii = _radii_for_area(rng, rng.uniform(0.07, 0.2) * h * w)
-        r_lesion = _blob_radius(shape, centre, radii, rng.uniform(0.0, math.pi), _random_wobble(rng, 0.3, 6))
+        r_lesion = blob_radius(shape, centre, radii, rng.uniform(0.0, math.pi), random_wobble(rng, 0.3, 6))
         mask = r_lesion < 1.0
         if _LESION_AREA[0] <= mask.mean() <= _LESION_AREA[1]:
             break
 
     cell = min(h, w)
-    fine, coarse = _smooth_noise(rng, shape, cell / 40), _smooth_noise(rng, shape, cell / 8)
+    fine, coarse = smooth_noise(rng, shape, cell / 40), smooth_noise(rng, shape, cell / 8)
     skin = (np.array([0.88, 0.66, 0.58]) * rng.uniform(0.6, 1.05) + rng.uniform(-0.04, 0.04, 3)).astype(np.float32)
     # lesion contrast varies from faint to dark, so no one threshold fits all images
     lesion = (skin * np.array([0.8, 0.72, 0.66]) * rng.uniform(0.5, 0.85)).astype(np.float32)
     image = skin + (0.03 * coarse + 0.015 * fine)[..., None]
     # darker and lighter blotches inside the lesion and a soft border a few pixels wide
-    blotch = np.clip(0.5 + 0.5 * _smooth_noise(rng, shape, cell / 10), 0.0, 1.0)[..., None]
+    blotch = np.clip(0.5 + 0.5 * smooth_noise(rng, shape, cell / 10), 0.0, 1.0)[..., None]
     lesion_colour = lesion * (0.7 + 0.5 * blotch) + 0.04 * fine[..., None]
     weight = np.clip((1.0 - r_lesion) * 12.0 + 0.5, 0.0, 1.0)[..., None]
     image = image * (1.0 - weight) + lesion_colour * weight
@@ -463,8 +470,8 @@ def _skin_lesion(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.n
         image = (
             image * np.clip(1.0 - 2.5 * np.clip(vignette - rng.uniform(0.85, 1.05), 0.0, None), 0.05, 1.0)[..., None]
         )
-    image = image * (1.0 + 0.1 * _smooth_noise(rng, shape, cell / 2))[..., None]
-    image = image + _noise(rng, image.shape, 0.02)
+    image = image * (1.0 + 0.1 * smooth_noise(rng, shape, cell / 2))[..., None]
+    image = image + gaussian_noise(rng, image.shape, 0.02)
 
     hair = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(hair)

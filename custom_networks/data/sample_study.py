@@ -26,13 +26,13 @@ from custom_networks.clinical.dicom_writer import Study, series_lps_affine, writ
 
 # the 2D demo's drawing helpers, so that sample slices and demo training slices come from one generator family
 from custom_networks.data.demo import (
-    _blob_radius,
-    _blur,
-    _head,
-    _noise,
-    _random_wobble,
-    _smooth_noise,
-    _tumour_in_brain,
+    blob_radius,
+    blur,
+    gaussian_noise,
+    head_geometry,
+    random_wobble,
+    smooth_noise,
+    tumour_in_brain,
 )
 
 __all__ = [
@@ -99,7 +99,7 @@ def _slice_image(
     size = max(shape)
     brain = r_head < 0.83
     mask = (r_tumour < 1.0) & brain
-    fine, coarse = _smooth_noise(rng, shape, size / 48), _smooth_noise(rng, shape, size / 10)
+    fine, coarse = smooth_noise(rng, shape, size / 48), smooth_noise(rng, shape, size / 10)
     image = np.zeros(shape, np.float32)
     image[r_head < 1.0] = 0.72
     image[r_head < 0.93] = 0.08
@@ -108,7 +108,7 @@ def _slice_image(
     for ventricle in ventricles:
         image = np.where((ventricle < 1.0) & brain & ~mask, 0.18, image)
     image = np.where(mask, 0.76 + 0.06 * fine, image)
-    image = _blur(image, size / 400) * bias + _noise(rng, shape, 0.035)
+    image = blur(image, size / 400) * bias + gaussian_noise(rng, shape, 0.035)
     return image, mask
 
 
@@ -130,10 +130,10 @@ def make_sample_study(
     plane = (rows, columns)
     size = max(plane)
     rng = np.random.default_rng(seed)
-    head = _head(rng, plane)
-    centre, radii, angle, wobble = _tumour_in_brain(rng, head, _TUMOUR_AREA * rows * columns)
-    ventricle_wobbles = [_random_wobble(rng, 0.1) for _ in range(2)]
-    bias = 1.0 + 0.12 * _smooth_noise(rng, plane, size / 2)
+    head = head_geometry(rng, plane)
+    centre, radii, angle, wobble = tumour_in_brain(rng, head, _TUMOUR_AREA * rows * columns)
+    ventricle_wobbles = [random_wobble(rng, 0.1) for _ in range(2)]
+    bias = 1.0 + 0.12 * smooth_noise(rng, plane, size / 2)
     tumour_centre = _TUMOUR_CENTRE * n_slices
     tumour_half_extent = _TUMOUR_EXTENT * n_slices / 2
 
@@ -144,13 +144,13 @@ def make_sample_study(
         # the head is widest in the middle of the stack; the ventricles only show in its central part
         position = (z + 0.5) / n_slices * 2.0 - 1.0
         head_radii = tuple(r * math.sqrt(1.0 - 0.5 * position**2) for r in head["radii"])
-        r_head = _blob_radius(plane, head["centre"], head_radii, head["angle"], head["wobble"])
+        r_head = blob_radius(plane, head["centre"], head_radii, head["angle"], head["wobble"])
         ventricles = []
         if abs(position) < 0.5:
-            for side, ventricle_wobble in zip((-1.0, 1.0), ventricle_wobbles):
+            for side, ventricle_wobble in zip((-1.0, 1.0), ventricle_wobbles, strict=True):
                 ventricle_centre = (head["centre"][0] - 0.05 * size, head["centre"][1] + side * 0.035 * size)
                 ventricles.append(
-                    _blob_radius(
+                    blob_radius(
                         plane,
                         ventricle_centre,
                         (0.09 * size, 0.025 * size),
@@ -161,14 +161,15 @@ def make_sample_study(
         t = (z + 0.5 - tumour_centre) / tumour_half_extent
         if with_lesion and abs(t) < 1.0:
             scale = (1.0 - t**2) ** 0.35
-            r_tumour = _blob_radius(plane, centre, (radii[0] * scale, radii[1] * scale), angle, wobble)
+            r_tumour = blob_radius(plane, centre, (radii[0] * scale, radii[1] * scale), angle, wobble)
         else:
             r_tumour = far
         slice_image, slice_mask = _slice_image(rng, r_head, r_tumour, ventricles, bias)
         image[:, :, z], lesion[:, :, z] = slice_image.T, slice_mask.T
 
     stored = np.round(np.clip(image, 0.0, None) * _STORED_SCALE).astype(np.int16)
-    origin = [-(n - 1) / 2 * s for n, s in zip((columns, rows), spacing[:2])] + [-(n_slices - 1) / 2 * spacing[2]]
+    in_plane = [-(n - 1) / 2 * s for n, s in zip((columns, rows), spacing[:2], strict=True)]
+    origin = in_plane + [-(n_slices - 1) / 2 * spacing[2]]
     return SampleStudy(stored, lesion, series_lps_affine(np.eye(3), spacing, origin))
 
 

@@ -5,8 +5,9 @@ from pathlib import Path
 
 from ignite.engine import Engine, Events
 from matplotlib.figure import Figure
-
 from monai.handlers import MetricLogger, from_engine
+
+from custom_networks.atomic_files import atomic_path
 
 __all__ = ["TrainingCurvesSaver"]
 
@@ -68,6 +69,6 @@ class TrainingCurvesSaver(MetricLogger):
             axis.grid(alpha=0.3)
         axes[-1].set_xlabel("iteration")
         figure.suptitle(self.title)
-        self.output_file.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(self.output_file, dpi=100)
+        with atomic_path(self.output_file) as temporary:
+            figure.savefig(temporary, dpi=100, format="png")
         return self.output_file

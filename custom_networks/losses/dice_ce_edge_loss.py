@@ -4,11 +4,10 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.nn.modules.loss import _Loss
-
 from monai.losses import DiceCELoss
 from monai.networks.layers.simplelayers import separable_filtering
 from monai.networks.utils import one_hot
+from torch.nn.modules.loss import _Loss
 
 __all__ = ["DiceCEEdgeLoss"]
 

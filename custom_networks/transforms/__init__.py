@@ -2,7 +2,6 @@
 
 from custom_networks.transforms.channel_argmax import ChannelArgmax, ChannelArgmaxd
 from custom_networks.transforms.resize_in_plane import ResizeInPlane, ResizeInPlaned
-from custom_networks.transforms.save_mask import SaveMaskd
 from custom_networks.transforms.union_mask_channels import UnionMaskChannels, UnionMaskChannelsd
 
 __all__ = [
@@ -10,7 +9,6 @@ __all__ = [
     "ChannelArgmaxd",
     "ResizeInPlane",
     "ResizeInPlaned",
-    "SaveMaskd",
     "UnionMaskChannels",
     "UnionMaskChannelsd",
 ]

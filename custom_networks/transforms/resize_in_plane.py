@@ -4,7 +4,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-
 from monai.config import DtypeLike, KeysCollection, SequenceStr
 from monai.data.meta_tensor import MetaTensor, get_spatial_ndim
 from monai.transforms import Resize, Resized

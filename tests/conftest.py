@@ -1,4 +1,5 @@
-"""Shared fixtures: small demo datasets in the public layouts, and a runner for the MONAI bundle CLI."""
+"""Shared fixtures: small demo datasets in the public layouts, every bundle trained once and its inference run
+once for the whole test run, and runners for the MONAI bundle CLI (a subprocess) and its workflows (in-process)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from monai.bundle import ConfigParser, ConfigWorkflow
 
 from custom_networks.data import demo
 from custom_networks.data.datalist import build_datalist, write_datalist
@@ -190,3 +193,92 @@ def run_parallel(
             raise TimeoutError(f"bundle CLI runs did not finish in {timeout} s: {sorted(running)}")
         time.sleep(0.2)
     return results
+
+
+def run_in_process(bundle: str, configs: Sequence[str], overrides: dict, workflow_type: str = "train") -> None:
+    """What ``python -m monai.bundle run`` runs, in this process: every new interpreter spends about 15 s of CPU
+    importing torch and MONAI, so the tests keep one real CLI run per config kind and run the rest here."""
+    files = [str(BUNDLES_DIR / bundle / "configs" / name) for name in configs]
+    workflow = ConfigWorkflow(config_file=files, logging_file=False, workflow_type=workflow_type, **overrides)
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+
+
+# the bundle trained through the real CLI, with the overrides MONAI Label's train task passes
+MONAI_LABEL_BUNDLE = "lgg_mri_cbam_unet"
+# the bundle trained with its paper's joint loss and MLflow tracking
+TRACKED_BUNDLE = "isic2018_skin_sc_unext"
+
+
+def monai_label_args(bundle: str, task: DemoTask, bundle_root: Path) -> dict:
+    """Overrides as MONAI Label's bundle train task passes them: explicit data lists, epochs, device, handlers."""
+    parser = ConfigParser()
+    parser.read_config(BUNDLES_DIR / bundle / "configs" / "train.json")
+
+    def absolute(items):
+        return [{key: str(task.root / value) for key, value in item.items()} for item in items]
+
+    return {
+        "bundle_root": str(bundle_root),
+        "device": "cpu",
+        "train#trainer#max_epochs": 1,
+        "train#dataset#data": absolute(task.datalist["training"]),
+        "validate#dataset#data": absolute(task.datalist["validation"]),
+        "train#handlers": parser["train"]["handlers"],
+    }
+
+
+@dataclass
+class TrainedBundle:
+    """One bundle trained for one epoch at tiny widths: its bundle_root, demo task, overrides and masks."""
+
+    root: Path
+    task: DemoTask
+    overrides: dict
+    masks: Path
+
+
+@dataclass
+class TrainedBundles:
+    bundles: dict[str, TrainedBundle]
+    cli_train: CliResult
+    mlflow_db: Path
+
+
+@pytest.fixture(scope="session")
+def trained_bundles(demo_data, tmp_path_factory) -> TrainedBundles:
+    """Every bundle trained once per test run (1 epoch, tiny widths, demo data), then its ``inference.json`` run on
+    the demo folder to segment, masks into ``masks``. ``MONAI_LABEL_BUNDLE`` trains through the real CLI in the
+    background with MONAI Label's overrides (``--args_file``); the others in this process, ``TRACKED_BUNDLE`` with
+    the edge loss on and MLflow tracking into a local SQLite file. Shared by the bundle, deploy and clinical tests."""
+    work = tmp_path_factory.mktemp("trained_bundles")
+    bundles = {}
+    for bundle in BUNDLES:
+        task = demo_data[BUNDLE_TASK[bundle]]
+        root = work / bundle / "bundle_root"
+        overrides = {"bundle_root": str(root), "dataset_dir": str(task.root), "num_workers": 0, "batch_size": 2,
+                     **TINY_OVERRIDES[bundle]}
+        bundles[bundle] = TrainedBundle(root, task, overrides, work / bundle / "masks")
+    mlflow_db = work / "mlruns.db"
+    args_file = work / "monai_label_overrides.json"
+    trained = bundles[MONAI_LABEL_BUNDLE]
+    args_file.write_text(json.dumps(monai_label_args(MONAI_LABEL_BUNDLE, trained.task, trained.root)))
+    overrides = {"args_file": str(args_file), **TINY_OVERRIDES[MONAI_LABEL_BUNDLE]}
+    cli = cli_args(MONAI_LABEL_BUNDLE, ["train.json"], overrides)
+    with ThreadPoolExecutor(max_workers=1) as background:
+        cli_train = background.submit(run_cli, cli, work)
+        for bundle, trained in bundles.items():
+            if bundle == MONAI_LABEL_BUNDLE:
+                continue
+            overrides = {**trained.overrides, "train#trainer#max_epochs": 1}
+            tracking = {}
+            if bundle == TRACKED_BUNDLE:
+                overrides["edge_weight"] = 1.0
+                tracking = {"tracking": "mlflow", "tracking_uri": f"sqlite:///{mlflow_db}", "run_name": "demo"}
+            run_in_process(bundle, ["train.json"], {**overrides, **tracking})
+        cli_result = cli_train.result().check()
+    for bundle, trained in bundles.items():
+        infer = {**trained.overrides, "dataset_dir": str(trained.task.infer_dir), "output_dir": str(trained.masks)}
+        run_in_process(bundle, ["inference.json"], infer, workflow_type="infer")
+    return TrainedBundles(bundles, cli_result, mlflow_db)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import cli_args, make_demo_task, run_cli
+from conftest import TINY_OVERRIDES, cli_args, make_demo_task, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -77,16 +77,16 @@ def test_training_on_demo_data_reaches_dice_08(bundle, tmp_path):
 
 
 def test_multi_gpu_configs_run_under_torchrun_on_cpu(demo_data, tmp_path):
-    """Two CPU processes with the gloo backend: each rank trains on half the data; rank 0 writes checkpoints."""
-    bundle, task = "lgg_mri_cbam_unet", demo_data["lgg"]
+    """Two CPU processes with the gloo backend: each rank trains on half the data and steps its learning-rate
+    schedule (the all-ranks handler group); rank 0 alone writes checkpoints (the rank-0 group)."""
+    bundle, task = "isic2018_skin_sc_unext", demo_data["isic2018"]
     root = tmp_path / "bundle_root"
     overrides = {
         "bundle_root": str(root),
         "dataset_dir": str(task.root),
         "num_workers": 0,
         "batch_size": 2,
-        "network_def#features": [8, 16, 32],
-        "spatial_size": [64, 64],
+        **TINY_OVERRIDES[bundle],
     }
     torchrun = ["-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2"]
     train = run_cli(
@@ -97,6 +97,7 @@ def test_multi_gpu_configs_run_under_torchrun_on_cpu(demo_data, tmp_path):
     n_train = len(task.datalist["training"])
     per_rank_iterations = -(-n_train // 2 // 2)
     assert f"Epoch: 2/2, Iter: {per_rank_iterations}/{per_rank_iterations}" in train.stdout
+    assert train.stdout.count("Current learning rate") == 2 * 2  # 2 ranks x 2 epochs
     assert (root / "models" / "model.pt").is_file() and (root / "models" / "model_final.pt").is_file()
 
     run_cli(

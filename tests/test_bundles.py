@@ -1,35 +1,45 @@
-"""The five bundles through the real MONAI bundle CLI, plus export, metadata, MONAI Label expectations and input errors.
+"""The five bundles through the MONAI bundle CLI, plus export, metadata, MONAI Label expectations and input errors.
 
-The CLI runs happen once per module (two at a time; the machine has 2 cores) in a fixture: every bundle trains for
-one epoch with tiny widths on small demo data, then evaluates and segments a folder of images. Each test then checks
-one outcome of those runs. ``verify_net_in_out``, ``ckpt_export`` and ``verify_metadata`` are called in-process
-through the same functions ``python -m monai.bundle`` dispatches to, which saves an interpreter start each.
+Every bundle is trained once per test run and segments its demo folder (conftest's ``trained_bundles``: one
+training through the real CLI with MONAI Label's overrides, the others in-process); this module evaluates each
+(one through the real CLI) and checks one outcome of those runs per test. ``verify_net_in_out``, ``ckpt_export``
+and ``verify_metadata`` are called in-process through the same functions ``python -m monai.bundle`` dispatches to.
 """
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
-
-from conftest import BUNDLE_TASK, BUNDLES, BUNDLES_DIR, TINY_OVERRIDES, cli_args, run_parallel
+from monai.losses import DiceCELoss
+from PIL import Image
 
 from custom_networks.data.bundle_inputs import INPUT_ERROR
 
+from conftest import (
+    BUNDLE_TASK,
+    BUNDLES,
+    BUNDLES_DIR,
+    MONAI_LABEL_BUNDLE,
+    TINY_OVERRIDES,
+    CliResult,
+    cli_args,
+    run_cli,
+    run_in_process,
+    run_parallel,
+)
+
 SCHEMA = BUNDLES_DIR / "metadata_schema.json"
-MONAI_LABEL_BUNDLE = "lgg_mri_cbam_unet"
-# per-bundle overrides beyond tiny widths: the attention type (issue: one override) and the SC-UNeXt joint loss
-EXTRA = {"lgg_mri_attention_res_unet": {"network_def#attention": "se"}}
+# the bundle evaluated through the real CLI (the others in-process); it also reports pixel accuracy
+CLI_EVALUATE_BUNDLE = "chest_xray_lung_ag_min_aspp_unet"
 INFERENCE_IDS = (
     "bundle_root",
     "device",
@@ -62,10 +72,6 @@ def configs_of(bundle: str) -> Path:
     return BUNDLES_DIR / bundle / "configs"
 
 
-def network_overrides(bundle: str) -> dict:
-    return {**TINY_OVERRIDES[bundle], **EXTRA.get(bundle, {})}
-
-
 def in_channels_of(bundle: str) -> int:
     return ConfigParser.load_config_file(configs_of(bundle) / "inference.json")["in_channels"]
 
@@ -73,116 +79,54 @@ def in_channels_of(bundle: str) -> int:
 def build_network(bundle: str) -> torch.nn.Module:
     parser = ConfigParser()
     parser.read_config(configs_of(bundle) / "inference.json")
-    parser.update(network_overrides(bundle))
+    parser.update(TINY_OVERRIDES[bundle])
     return parser.get_parsed_content("network_def")
 
 
-def monai_label_args(bundle: str, task, bundle_root: Path) -> dict:
-    """Overrides as MONAI Label's bundle train task passes them: explicit data lists, epochs, device, handlers."""
-    parser = ConfigParser()
-    parser.read_config(configs_of(bundle) / "train.json")
-
-    def absolute(items):
-        return [{key: str(task.root / value) for key, value in item.items()} for item in items]
-
-    return {
-        "bundle_root": str(bundle_root),
-        "device": "cpu",
-        "train#trainer#max_epochs": 1,
-        "train#dataset#data": absolute(task.datalist["training"]),
-        "validate#dataset#data": absolute(task.datalist["validation"]),
-        "train#handlers": copy.deepcopy(parser["train"]["handlers"]),
-    }
-
-
 @pytest.fixture(scope="module")
-def runs(demo_data, tmp_path_factory) -> dict:
-    """Train, then evaluate and infer, every bundle through ``python -m monai.bundle run`` (cwd outside bundles)."""
-    work = tmp_path_factory.mktemp("bundle_runs")
-    train_jobs, layout = {}, {}
-    for bundle in BUNDLES:
-        task = demo_data[BUNDLE_TASK[bundle]]
-        root, cwd = work / bundle / "bundle_root", work / bundle / "cwd"
-        layout[bundle] = {"root": root, "cwd": cwd, "task": task, "pred": work / bundle / "pred"}
-        common = {
-            "bundle_root": str(root),
-            "dataset_dir": str(task.root),
-            "num_workers": 0,
-            "batch_size": 2,
-            **network_overrides(bundle),
-        }
-        train = {**common, "train#trainer#max_epochs": 1}
-        if bundle == "isic2018_skin_sc_unext":
-            layout[bundle]["mlflow_db"] = work / bundle / "mlruns.db"
-            train.update(
-                {
-                    "use_edge_loss": "True",
-                    "tracking": "mlflow",
-                    "tracking_uri": f"sqlite:///{layout[bundle]['mlflow_db']}",
-                    "run_name": "demo",
-                }
-            )
-        args = cli_args(bundle, ["train.json"], train)
-        if bundle == MONAI_LABEL_BUNDLE:
-            args_file = work / bundle / "monai_label_overrides.json"
-            args_file.parent.mkdir(parents=True, exist_ok=True)
-            args_file.write_text(json.dumps(monai_label_args(bundle, task, root)))
-            args = cli_args(bundle, ["train.json"], {"args_file": str(args_file), **network_overrides(bundle)})
-        train_jobs[f"{bundle}-train"] = (args, cwd)
-        layout[bundle]["common"] = common
-    results = run_parallel(train_jobs)
-
-    eval_jobs = {}
-    for bundle in BUNDLES:
-        info = layout[bundle]
-        eval_jobs[f"{bundle}-evaluate"] = (
-            cli_args(bundle, ["train.json", "evaluate.json"], info["common"]),
-            info["cwd"],
-        )
-        infer = {
-            "bundle_root": str(info["root"]),
-            "dataset_dir": str(info["task"].infer_dir),
-            "output_dir": str(info["pred"]),
-            **network_overrides(bundle),
-        }
-        eval_jobs[f"{bundle}-infer"] = (cli_args(bundle, ["inference.json"], infer), info["cwd"])
-    results.update(run_parallel(eval_jobs))
-    for name, result in sorted(results.items()):
-        print(f"{name}: {result.seconds:.1f} s")
-    return {"results": results, "layout": layout}
+def evaluations(trained_bundles, tmp_path_factory) -> CliResult:
+    """Every trained bundle evaluated on its testing split: ``CLI_EVALUATE_BUNDLE`` through the real CLI run from
+    a folder outside the bundles, the others in-process. Returns the CLI run."""
+    cwd = tmp_path_factory.mktemp("evaluate")
+    overrides = trained_bundles.bundles[CLI_EVALUATE_BUNDLE].overrides
+    with ThreadPoolExecutor(max_workers=1) as background:
+        cli = background.submit(run_cli, cli_args(CLI_EVALUATE_BUNDLE, ["train.json", "evaluate.json"], overrides), cwd)
+        for bundle, trained in trained_bundles.bundles.items():
+            if bundle != CLI_EVALUATE_BUNDLE:
+                run_in_process(bundle, ["train.json", "evaluate.json"], trained.overrides)
+        return cli.result().check()
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
-def test_train_writes_loadable_checkpoints_and_curves(runs, bundle):
-    runs["results"][f"{bundle}-train"].check()
-    models = runs["layout"][bundle]["root"] / "models"
+def test_train_writes_loadable_checkpoints_and_curves(trained_bundles, bundle):
+    root = trained_bundles.bundles[bundle].root
+    models = root / "models"
     network = build_network(bundle)
     for name in ("model.pt", "model_final.pt"):
         state = torch.load(models / name, weights_only=True)
         network.load_state_dict(state)
-    curves = runs["layout"][bundle]["root"] / "eval" / "training_curves.png"
+    curves = root / "eval" / "training_curves.png"
     with Image.open(curves) as image:
         assert image.format == "PNG" and image.size[0] > 300
-    assert list((runs["layout"][bundle]["root"] / "eval").glob("events.out.tfevents.*"))
+    assert list((root / "eval").glob("events.out.tfevents.*"))
 
 
-def test_monai_label_style_overrides_train_and_save_model_pt(runs):
+def test_monai_label_style_overrides_train_and_save_model_pt(trained_bundles):
     """MONAI Label overrides the data lists, epochs, device, bundle_root and handlers and expects models/model.pt."""
-    result = runs["results"][f"{MONAI_LABEL_BUNDLE}-train"].check()
+    result = trained_bundles.cli_train
     assert "Epoch[1] Metrics" in result.stdout
-    assert (runs["layout"][MONAI_LABEL_BUNDLE]["root"] / "models" / "model.pt").is_file()
+    assert (trained_bundles.bundles[MONAI_LABEL_BUNDLE].root / "models" / "model.pt").is_file()
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
-def test_evaluate_writes_per_case_csv_and_summary(runs, bundle):
-    runs["results"][f"{bundle}-evaluate"].check()
-    out = runs["layout"][bundle]["root"] / "eval"
+def test_evaluate_writes_per_case_csv_and_summary(trained_bundles, evaluations, bundle):
+    out = trained_bundles.bundles[bundle].root / "eval"
     metrics = dict(row for row in csv.reader((out / "metrics.csv").open()) if row)
     expected = {"val_mean_dice", "val_mean_iou", "val_hd95"}
     if bundle == "chest_xray_lung_ag_min_aspp_unet":
         expected.add("val_accuracy")
     assert set(metrics) == expected
-    testing = runs["layout"][bundle]["task"].datalist["testing"]
+    testing = trained_bundles.bundles[bundle].task.datalist["testing"]
     for name in ("val_mean_dice", "val_mean_iou", "val_hd95"):
         rows = list(csv.reader((out / f"{name}_raw.csv").open()))
         assert len(rows) == 1 + len(testing)
@@ -193,27 +137,25 @@ def test_evaluate_writes_per_case_csv_and_summary(runs, bundle):
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
-def test_inference_writes_masks_with_the_input_geometry(runs, bundle):
-    runs["results"][f"{bundle}-infer"].check()
-    info = runs["layout"][bundle]
-    inputs = sorted(info["task"].infer_dir.iterdir())
-    assert len(list(info["pred"].iterdir())) == len(inputs)
+def test_inference_writes_masks_with_the_input_geometry(trained_bundles, bundle):
+    trained = trained_bundles.bundles[bundle]
+    inputs = sorted(trained.task.infer_dir.iterdir())
+    assert len(list(trained.masks.iterdir())) == len(inputs)
     for source in inputs:
         if source.name.endswith(".nii.gz"):
-            mask, image = nib.load(info["pred"] / source.name.replace(".nii.gz", "_seg.nii.gz")), nib.load(source)
+            mask, image = nib.load(trained.masks / source.name.replace(".nii.gz", "_seg.nii.gz")), nib.load(source)
             assert mask.shape == image.shape[:3]
             np.testing.assert_allclose(mask.affine, image.affine, atol=1e-5)
             assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
         else:
-            with Image.open(info["pred"] / f"{source.stem}_seg.png") as mask, Image.open(source) as image:
+            with Image.open(trained.masks / f"{source.stem}_seg.png") as mask, Image.open(source) as image:
                 assert mask.size == image.size
                 assert set(np.unique(np.asarray(mask))) <= {0, 255}
 
 
-def test_mlflow_tracking_records_the_run(runs):
+def test_mlflow_tracking_records_the_run(trained_bundles):
     """`--tracking mlflow` with a local SQLite tracking URI records the training run and its loss."""
-    runs["results"]["isic2018_skin_sc_unext-train"].check()
-    with sqlite3.connect(runs["layout"]["isic2018_skin_sc_unext"]["mlflow_db"]) as db:
+    with sqlite3.connect(trained_bundles.mlflow_db) as db:
         run_names = [row[0] for row in db.execute("SELECT name FROM runs")]
         metric_keys = {row[0] for row in db.execute("SELECT DISTINCT key FROM metrics")}
     assert "demo" in run_names
@@ -226,14 +168,13 @@ def test_verify_net_in_out(bundle):
         net_id="network_def",
         meta_file=str(configs_of(bundle) / "metadata.json"),
         config_file=str(configs_of(bundle) / "inference.json"),
-        **network_overrides(bundle),
+        **TINY_OVERRIDES[bundle],
     )
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
-def test_ckpt_export_torchscript_matches_eager(runs, bundle, tmp_path):
-    runs["results"][f"{bundle}-train"].check()
-    checkpoint = runs["layout"][bundle]["root"] / "models" / "model.pt"
+def test_ckpt_export_torchscript_matches_eager(trained_bundles, bundle, tmp_path):
+    checkpoint = trained_bundles.bundles[bundle].root / "models" / "model.pt"
     exported = tmp_path / "model.ts"
     ckpt_export(
         net_id="network_def",
@@ -241,7 +182,7 @@ def test_ckpt_export_torchscript_matches_eager(runs, bundle, tmp_path):
         ckpt_file=str(checkpoint),
         meta_file=str(configs_of(bundle) / "metadata.json"),
         config_file=str(configs_of(bundle) / "inference.json"),
-        **network_overrides(bundle),
+        **TINY_OVERRIDES[bundle],
     )
     scripted = torch.jit.load(str(exported))
     eager = build_network(bundle)
@@ -290,7 +231,7 @@ def test_monai_label_expectations(bundle, demo_data):
     for key in TRAIN_IDS:
         assert key in train, key
 
-    inference.update(network_overrides(bundle))
+    inference.update(TINY_OVERRIDES[bundle])
     preprocessing = inference.get_parsed_content("preprocessing")
     source = next(
         path for path in sorted(demo_data[BUNDLE_TASK[bundle]].infer_dir.iterdir()) if not path.name.endswith(".nii.gz")
@@ -313,21 +254,21 @@ def test_attention_is_chosen_by_one_override():
     assert kinds["se"] != kinds["cbam"] != kinds[None]
 
 
-@pytest.mark.parametrize(
-    "flag, expected",
-    [
-        (False, "DiceCELoss"),
-        ("false", "DiceCELoss"),
-        (True, "DiceCEEdgeLoss"),
-        ("true", "DiceCEEdgeLoss"),
-        ("True", "DiceCEEdgeLoss"),
-    ],
-)
-def test_edge_loss_switch(flag, expected):
+@pytest.mark.parametrize("edge_weight", [0.0, 1.0, 2.5])
+def test_edge_loss_is_switched_by_its_weight(edge_weight):
+    """SC-UNeXt's joint loss: ``--edge_weight 0`` (the default) is plain DiceCE; a positive weight adds the edge
+    term."""
     parser = ConfigParser()
     parser.read_config(configs_of("isic2018_skin_sc_unext") / "train.json")
-    parser.update({"use_edge_loss": flag})
-    assert type(parser.get_parsed_content("loss")).__name__ == expected
+    assert parser["edge_weight"] == 0.0
+    parser.update({"edge_weight": edge_weight})
+    loss = parser.get_parsed_content("loss")
+    torch.manual_seed(1)
+    logits, labels = torch.randn(2, 2, 32, 32), (torch.rand(2, 1, 32, 32) > 0.6).float()
+    region = DiceCELoss(to_onehot_y=True, softmax=True)(logits, labels)
+    expected = region + edge_weight * loss.edge_loss(logits, labels)
+    torch.testing.assert_close(loss(logits, labels), expected)
+    assert (loss(logits, labels) > region) == (edge_weight > 0)
 
 
 def test_bad_inputs_stop_with_one_line_before_training(demo_data, tmp_path):

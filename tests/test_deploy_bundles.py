@@ -1,10 +1,9 @@
 """Every bundle exported to TorchScript, fp32 ONNX and int8 ONNX, and run through its ``inference_onnx.json``.
 
-One module fixture trains each bundle for one epoch at tiny widths, exports it with
-``scripts/export_bundle_models.py`` (its ``main`` called in-process), and segments the demo folder with
-``inference.json`` and with ``inference.json`` + ``inference_onnx.json``. One bundle trains and segments with ONNX
-through ``python -m monai.bundle run`` in a background thread; the others run the same workflows in-process through
-``ConfigWorkflow`` (what the CLI runs), because every CLI process spends about 15 s of CPU on imports.
+The bundles trained once per test run (conftest's ``trained_bundles``, which also segments the demo folders with
+``inference.json``) are exported with ``scripts/export_bundle_models.py`` (its ``main`` called in-process) and
+segment the same folders with ``inference.json`` + ``inference_onnx.json``: one bundle through
+``python -m monai.bundle run`` in a background thread, the others in-process through ``ConfigWorkflow``.
 """
 
 from __future__ import annotations
@@ -23,8 +22,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import BUNDLE_TASK, BUNDLES, BUNDLES_DIR, REPO, TINY_OVERRIDES, cli_args, run_cli
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigParser
 from monai.data import load_net_with_metadata
 from PIL import Image
 
@@ -32,6 +30,8 @@ from custom_networks.atomic_files import TEMP_PREFIX
 from custom_networks.deploy.bundle_export import export_bundle
 from custom_networks.deploy.onnx_export import check_onnx_against_torch
 from custom_networks.deploy.onnx_network import OnnxRuntimeNetwork
+
+from conftest import BUNDLES, BUNDLES_DIR, REPO, TINY_OVERRIDES, cli_args, run_cli, run_in_process
 
 EXPORT_SCRIPT = REPO / "scripts" / "export_bundle_models.py"
 MODEL_FILES = ("model.ts", "model.onnx", "model_int8_dynamic.onnx", "model_int8_static.onnx")
@@ -54,62 +54,38 @@ def export_cli(argv: list[str]) -> str:
     return printed.getvalue()
 
 
-def run_in_process(bundle: str, configs: list[str], workflow_type: str, overrides: dict) -> None:
-    """What ``python -m monai.bundle run`` does, without starting an interpreter (about 15 s of imports each)."""
-    files = [str(configs_of(bundle) / name) for name in configs]
-    workflow = ConfigWorkflow(config_file=files, logging_file=False, workflow_type=workflow_type, **overrides)
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
-
-
 @pytest.fixture(scope="module")
-def runs(demo_data, tmp_path_factory) -> dict:
+def runs(trained_bundles, tmp_path_factory) -> dict:
+    """Export every trained bundle, then segment its demo folder with ``inference_onnx.json`` (``CLI_BUNDLE``
+    through the real CLI in the background) and ``FP32_BUNDLE`` also with the fp32 ONNX model."""
     work = tmp_path_factory.mktemp("deploy_bundles")
     layout = {}
-    for bundle in BUNDLES:
-        task = demo_data[BUNDLE_TASK[bundle]]
-        layout[bundle] = {"root": work / bundle / "bundle_root", "task": task, "cwd": work / bundle / "cwd",
-                          **{kind: work / bundle / f"pred_{kind}" for kind in ("torch", "onnx", "fp32")}}
-        layout[bundle]["cwd"].mkdir(parents=True)
-
-    def train_overrides(bundle: str) -> dict:
-        return {"bundle_root": str(layout[bundle]["root"]), "dataset_dir": str(layout[bundle]["task"].root),
-                "num_workers": 0, "batch_size": 2, "train#trainer#max_epochs": 1, **TINY_OVERRIDES[bundle]}
+    for bundle, trained in trained_bundles.bundles.items():
+        layout[bundle] = {"root": trained.root, "task": trained.task, "torch": trained.masks,
+                          **{kind: work / bundle / f"pred_{kind}" for kind in ("onnx", "fp32")}}
 
     def infer_overrides(bundle: str, kind: str) -> dict:
         return {"bundle_root": str(layout[bundle]["root"]), "dataset_dir": str(layout[bundle]["task"].infer_dir),
                 "output_dir": str(layout[bundle][kind]), **TINY_OVERRIDES[bundle]}
 
     printed = {}
-
-    def export(bundle: str) -> None:
+    for bundle in BUNDLES:
         overrides = [arg for key, value in TINY_OVERRIDES[bundle].items() for arg in (f"--{key}", json.dumps(value))]
         printed[bundle] = export_cli([str(BUNDLES_DIR / bundle), "--bundle_root", str(layout[bundle]["root"]),
                                       "--dataset_dir", str(layout[bundle]["task"].root),
                                       "--calibration_samples", str(CALIBRATION_SAMPLES), *overrides])
 
+    onnx_configs = ["inference.json", "inference_onnx.json"]
     with ThreadPoolExecutor(max_workers=1) as background:
-        cli_train = background.submit(run_cli, cli_args(CLI_BUNDLE, ["train.json"], train_overrides(CLI_BUNDLE)),
-                                      layout[CLI_BUNDLE]["cwd"])
-        for bundle in BUNDLES:
-            if bundle != CLI_BUNDLE:
-                run_in_process(bundle, ["train.json"], "train", train_overrides(bundle))
-                export(bundle)
-        cli_train.result().check()
-        export(CLI_BUNDLE)
-
-        onnx_configs = ["inference.json", "inference_onnx.json"]
         cli_infer = background.submit(
-            run_cli, cli_args(CLI_BUNDLE, onnx_configs, infer_overrides(CLI_BUNDLE, "onnx")), layout[CLI_BUNDLE]["cwd"]
+            run_cli, cli_args(CLI_BUNDLE, onnx_configs, infer_overrides(CLI_BUNDLE, "onnx")), work
         )
         for bundle in BUNDLES:
-            run_in_process(bundle, ["inference.json"], "infer", infer_overrides(bundle, "torch"))
             if bundle != CLI_BUNDLE:
-                run_in_process(bundle, onnx_configs, "infer", infer_overrides(bundle, "onnx"))
+                run_in_process(bundle, onnx_configs, infer_overrides(bundle, "onnx"), workflow_type="infer")
         fp32 = {"onnx_model": str(layout[FP32_BUNDLE]["root"] / "models" / "model.onnx"),
                 "ckpt_path": str(work / "no_checkpoint_here.pt")}
-        run_in_process(FP32_BUNDLE, onnx_configs, "infer", {**infer_overrides(FP32_BUNDLE, "fp32"), **fp32})
+        run_in_process(FP32_BUNDLE, onnx_configs, {**infer_overrides(FP32_BUNDLE, "fp32"), **fp32}, "infer")
         cli_infer.result().check()
     return {"layout": layout, "printed": printed}
 
@@ -260,6 +236,7 @@ def test_int8_models_agree_with_fp32_on_the_demo_validation_data(runs, bundle):
         fp32 = [inferer(image, net).argmax(dim=1) for image in images]
     for name in ("model_int8_dynamic.onnx", "model_int8_static.onnx"):
         int8 = OnnxRuntimeNetwork(info["root"] / "models" / name)
-        agreeing = sum(int((inferer(image, int8).argmax(dim=1) == ref).sum()) for image, ref in zip(images, fp32))
+        labels = [inferer(image, int8).argmax(dim=1) for image in images]
+        agreeing = sum(int((label == ref).sum()) for label, ref in zip(labels, fp32, strict=True))
         share = agreeing / sum(ref.numel() for ref in fp32)
         assert share >= 0.99, f"{bundle} {name}: {share:.2%} of pixels agree with fp32"

@@ -1,10 +1,10 @@
 """Time clinical inference per case: load + preprocess, network, postprocess + write.
 
-Cases (sizes are options): a 256 x 256 x 150 brain MR volume (the sample study's generator) as a DICOM series and as NIfTI, through
-the brain tumour bundle (2D GSConv-ECA U-Net at the paper's widths, slice by slice), and a 2048 x 2048 12-bit
-MONOCHROME1 chest radiograph (DICOM CR) through the chest X-ray bundle. The networks are untrained (time does not
-depend on the weights). Every step uses the objects the bundle's ``inference.json`` builds (``preprocessing``,
-``inferer``, ``network``, ``postprocessing``), run as ``SupervisedEvaluator`` runs them:
+Cases (sizes are options): a 256 x 256 x 150 brain MR volume (the sample study's generator) as a DICOM series and
+as NIfTI, through the brain tumour bundle (2D GSConv-ECA U-Net at the paper's widths, slice by slice), and a 2048 x
+2048 12-bit MONOCHROME1 chest radiograph (DICOM CR) through the chest X-ray bundle. The networks are untrained
+(time does not depend on the weights). Every step uses the objects the bundle's ``inference.json`` builds
+(``preprocessing``, ``inferer``, ``network``, ``postprocessing``), run as ``SupervisedEvaluator`` runs them:
 
 - load + preprocess: ``preprocessing`` (reading and checking the files) plus the inferer's own work around the
   network (per-slice normalization and resizing, sliding-window bookkeeping, stacking): the inferer's time minus

@@ -24,7 +24,7 @@ def config_overrides(extra: list[str]) -> dict[str, Any]:
     if len(extra) % 2 or not all(key.startswith("--") for key in extra[::2]):
         raise SystemExit(f"error: overrides must be '--<config id> <value>' pairs, got {' '.join(extra)}")
     overrides = {}
-    for key, value in zip(extra[::2], extra[1::2]):
+    for key, value in zip(extra[::2], extra[1::2], strict=True):
         try:
             overrides[key[2:]] = json.loads(value)
         except json.JSONDecodeError:

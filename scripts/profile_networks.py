@@ -85,7 +85,8 @@ def render(rows: list[dict], args: argparse.Namespace) -> str:
     ]
     for r in rows:
         t512 = f"{1e3 * r['t512']:.0f}" if "t512" in r else "-"
-        lines.append(f"| {r['label']} | {r['params']:,} | {r['gmacs']:.3f} | {1e3 * r['t256']:.1f} | {t512} | {r['paper']} |")
+        t256 = f"{1e3 * r['t256']:.1f}"
+        lines.append(f"| {r['label']} | {r['params']:,} | {r['gmacs']:.3f} | {t256} | {t512} | {r['paper']} |")
     plain = "ClassicUNet (plain, BN)"
     lines += [
         "",

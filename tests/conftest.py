@@ -251,7 +251,7 @@ def trained_bundles(demo_data, tmp_path_factory) -> TrainedBundles:
     """Every bundle trained once per test run (1 epoch, tiny widths, demo data), then its ``inference.json`` run on
     the demo folder to segment, masks into ``masks``. ``MONAI_LABEL_BUNDLE`` trains through the real CLI in the
     background with MONAI Label's overrides (``--args_file``); the others in this process, ``TRACKED_BUNDLE`` with
-    the edge loss on and MLflow tracking into a local SQLite file. Shared by the bundle, deploy and clinical tests."""
+    the edge loss on and MLflow tracking into a local SQLite file. Shared by the bundle and deploy tests."""
     work = tmp_path_factory.mktemp("trained_bundles")
     bundles = {}
     for bundle in BUNDLES:

@@ -1,20 +1,27 @@
-"""Unit tests of what the bundles add to MONAI: mask union, in-plane resize, mask saving, curves PNG, input checks."""
+"""Unit tests of what the bundles add to MONAI: mask union, in-plane resize, curves PNG, HD95 and metric reports,
+input checks."""
 
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine, Events
-from monai.data import MetaTensor
-from monai.transforms import AsDiscrete, Compose, Invertd, LoadImaged
+from monai.data import DataLoader, MetaTensor
+from monai.engines import SupervisedEvaluator
+from monai.handlers import IgniteMetricHandler, from_engine
+from monai.metrics import HausdorffDistanceMetric
+from monai.transforms import AsDiscrete, AsDiscreted, Compose, Invertd, LoadImaged
 from PIL import Image
 
-from custom_networks.data.bundle_inputs import INPUT_ERROR, image_channels, load_datalist
-from custom_networks.handlers import TrainingCurvesSaver
+from custom_networks.data.bundle_inputs import INPUT_ERROR, BundleInputError, image_channels, load_datalist
+from custom_networks.handlers import MetricsReportSaver, TrainingCurvesSaver
+from custom_networks.metrics import HausdorffDistanceNaNMetric
 from custom_networks.transforms import (
     ChannelArgmaxd,
     ResizeInPlane,
@@ -122,10 +129,15 @@ def _datalist(folder: Path, content: dict) -> Path:
     return path
 
 
-def _expect_exit(call, *parts: str) -> str:
-    with pytest.raises(SystemExit) as raised:
+def _expect_input_error(call, *parts: str) -> str:
+    """The call raises a BundleInputError, which ``except Exception`` in a host process (MONAI Label) catches."""
+    try:
         call()
-    message = str(raised.value.code)
+    except Exception as error:
+        assert isinstance(error, BundleInputError), repr(error)
+        message = str(error)
+    else:
+        raise AssertionError("no BundleInputError raised")
     assert message.startswith(f"{INPUT_ERROR}: ") and "\n" not in message
     for part in parts:
         assert part in message
@@ -136,30 +148,34 @@ def test_load_datalist_resolves_paths_and_checks_channels(tmp_path):
     image, label = _write(tmp_path / "images" / "1.png", "L"), _write(tmp_path / "masks" / "1.png", "L")
     datalist = _datalist(tmp_path, {"training": [{"image": "images/1.png", "label": "masks/1.png"}]})
     assert load_datalist(tmp_path, datalist, "training", 1) == [{"image": str(image), "label": str(label)}]
-    _expect_exit(lambda: load_datalist(tmp_path, datalist, "training", 3), str(image), "1 channel(s)", "expects 3")
-    _expect_exit(lambda: load_datalist(tmp_path, datalist, "validation", 1), "no 'validation' items")
+    _expect_input_error(
+        lambda: load_datalist(tmp_path, datalist, "training", 3), str(image), "1 channel(s)", "expects 3"
+    )
+    _expect_input_error(lambda: load_datalist(tmp_path, datalist, "validation", 1), "no 'validation' items")
 
 
 def test_load_datalist_reports_missing_and_empty_folders_and_files(tmp_path):
     missing = tmp_path / "missing"
-    _expect_exit(lambda: load_datalist(missing, missing / "d.json", "training", 1), str(missing), "does not exist")
+    _expect_input_error(
+        lambda: load_datalist(missing, missing / "d.json", "training", 1), str(missing), "does not exist"
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
-    _expect_exit(lambda: load_datalist(empty, empty / "d.json", "training", 1), str(empty), "is empty")
+    _expect_input_error(lambda: load_datalist(empty, empty / "d.json", "training", 1), str(empty), "is empty")
     folder = tmp_path / "data"
     _write(folder / "images" / "1.png", "L")
-    _expect_exit(
+    _expect_input_error(
         lambda: load_datalist(folder, folder / "d.json", "training", 1),
         str(folder),
         "no datalist could be built",
         "no known dataset layout",
     )
     datalist = _datalist(folder, {"training": [{"image": "images/2.png", "label": "masks/1.png"}]})
-    _expect_exit(lambda: load_datalist(folder, datalist, "training", 1), "masks/1.png", "not found")
+    _expect_input_error(lambda: load_datalist(folder, datalist, "training", 1), "masks/1.png", "not found")
     _write(folder / "masks" / "1.png", "L")
-    _expect_exit(lambda: load_datalist(folder, datalist, "training", 1), "images/2.png", "file not found")
+    _expect_input_error(lambda: load_datalist(folder, datalist, "training", 1), "images/2.png", "file not found")
     (folder / "datalist.json").write_text("{not json")
-    _expect_exit(lambda: load_datalist(folder, datalist, "training", 1), "not a readable JSON datalist")
+    _expect_input_error(lambda: load_datalist(folder, datalist, "training", 1), "not a readable JSON datalist")
 
 
 def test_load_datalist_builds_from_the_layout_without_a_datalist_file(tmp_path):
@@ -182,7 +198,7 @@ def test_load_datalist_k_fold_validation_is_the_chosen_fold(tmp_path):
     datalist = _datalist(tmp_path, {"training": training, "testing": []})
     assert [Path(i["image"]).stem for i in load_datalist(tmp_path, datalist, "validation", 1, fold=1)] == ["b"]
     assert [Path(i["image"]).stem for i in load_datalist(tmp_path, datalist, "training", 1, fold=1)] == ["a", "c"]
-    _expect_exit(lambda: load_datalist(tmp_path, datalist, "testing", 1), "no 'testing' items")
+    _expect_input_error(lambda: load_datalist(tmp_path, datalist, "testing", 1), "no 'testing' items")
 
 
 def test_load_datalist_checks_both_montgomery_masks(tmp_path):
@@ -190,7 +206,7 @@ def test_load_datalist_checks_both_montgomery_masks(tmp_path):
     _write(tmp_path / "ManualMask" / "leftMask" / "a.png", "L")
     item = {"image": "CXR_png/a.png", "label": ["ManualMask/leftMask/a.png", "ManualMask/rightMask/a.png"]}
     datalist = _datalist(tmp_path, {"training": [item]})
-    _expect_exit(lambda: load_datalist(tmp_path, datalist, "training", 1), "rightMask/a.png", "not found")
+    _expect_input_error(lambda: load_datalist(tmp_path, datalist, "training", 1), "rightMask/a.png", "not found")
 
 
 def test_load_datalist_reports_an_unreadable_image(tmp_path):
@@ -198,4 +214,46 @@ def test_load_datalist_reports_an_unreadable_image(tmp_path):
     broken.write_bytes(b"not a png")
     label = _write(tmp_path / "masks" / "x.png", "L")
     datalist = _datalist(tmp_path, {"training": [{"image": "images/x.png", "label": str(label)}]})
-    _expect_exit(lambda: load_datalist(tmp_path, datalist, "training", 1), "x.png", "not a readable image")
+    _expect_input_error(lambda: load_datalist(tmp_path, datalist, "training", 1), "x.png", "not a readable image")
+
+
+def test_hd95_of_no_measurable_case_is_nan_and_the_report_says_so(tmp_path, caplog):
+    """Every prediction empty: HD95 is nan (MONAI's own reduction says 0.0, a perfect score), the metrics report
+    names the metric and where it wrote, and NumPy's context-free warnings stay out."""
+    empty = torch.zeros(1, 2, 16, 16)
+    empty[:, 0] = 1
+    label = empty.clone()
+    label[:, :, 4:9, 4:9] = torch.tensor([0.0, 1.0])[:, None, None]
+    plain = HausdorffDistanceMetric(include_background=False, percentile=95)
+    plain(empty, label)
+    assert plain.aggregate().item() == 0.0  # what MONAI reports
+    ours = HausdorffDistanceNaNMetric(include_background=False, percentile=95)
+    ours(empty, label)
+    assert torch.isnan(ours.aggregate()).all()
+    shifted = torch.roll(label, shifts=3, dims=3)
+    for metric in (plain, ours):
+        metric.reset()
+        metric(shifted, label)
+        metric(empty, label)
+    assert ours.aggregate().item() == pytest.approx(plain.aggregate().item()) and ours.aggregate().item() > 0
+
+    data = [{"image": MetaTensor(torch.zeros(1, 16, 16), meta={"filename_or_obj": f"case{i}.png"}),
+             "label": label[0, 1:]} for i in range(2)]
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=DataLoader(data, batch_size=1),
+        network=lambda image: torch.cat([torch.ones_like(image), torch.zeros_like(image)], dim=1),
+        postprocessing=Compose([AsDiscreted(keys=["pred", "label"], argmax=[True, False], to_onehot=2)]),
+        key_val_metric={"test_hd95": IgniteMetricHandler(
+            metric_fn=HausdorffDistanceNaNMetric(include_background=False, percentile=95),
+            output_transform=from_engine(["pred", "label"]))},
+        val_handlers=[MetricsReportSaver(save_dir=tmp_path, metrics="*", metric_details="*", summary_ops="*",
+                                         batch_transform=lambda batch: [item["image"].meta for item in batch])],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with caplog.at_level(logging.INFO):
+            evaluator.run()
+    assert (tmp_path / "metrics.csv").read_text().strip() == "test_hd95,nan"
+    assert "test_hd95: no case could be measured" in caplog.text
+    assert f"metrics of 2 case(s) written to {tmp_path.resolve()}" in caplog.text

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from monai.config import PathLike
 
+from custom_networks.errors import InputError, find_error
+
 __all__ = ["CaseError", "find_case_error", "one_line"]
 
 
@@ -12,7 +14,7 @@ def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-class CaseError(ValueError):
+class CaseError(InputError):
     """A case cannot be processed; the message is one line, ``"<path>: <reason>"``.
 
     Args:
@@ -32,11 +34,4 @@ class CaseError(ValueError):
 
 def find_case_error(error: BaseException) -> CaseError | None:
     """The :class:`CaseError` in ``error``'s cause/context chain (MONAI wraps transform errors), if any."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, CaseError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
+    return find_error(error, CaseError)

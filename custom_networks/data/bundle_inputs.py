@@ -1,9 +1,9 @@
 """Input checks for the bundles: fail before training or inference starts, with one line naming the file.
 
-The bundle configs call these functions from expressions (``"$load_datalist(...)"``). MONAI's config parser
-wraps an ordinary exception raised there in a ``RuntimeError`` with a long chained traceback; ``SystemExit``
-passes through it, and Python prints only its message and exits with status 1. Every check here therefore
-raises ``SystemExit("bundle input error: <file or folder>: <reason>")``.
+The bundle configs call these functions from expressions (``"$load_datalist(...)"``). Every check raises
+:class:`BundleInputError` (``"bundle input error: <file or folder>: <reason>"``), an exception a host process
+such as a MONAI Label server can catch; on the command line it is printed as that one line (see
+:mod:`custom_networks.errors`).
 
 Channel counts come from file headers only (PIL mode, NIfTI header, DICOM ``SamplesPerPixel``), so checking
 a few thousand slices takes seconds.
@@ -20,12 +20,16 @@ import pydicom
 from PIL import Image, UnidentifiedImageError
 
 from custom_networks.data.datalist import build_datalist
+from custom_networks.errors import InputError
 
 __all__ = [
     "INPUT_ERROR",
+    "BundleInputError",
     "input_error",
     "image_channels",
     "check_dataset_dir",
+    "check_inference_input",
+    "check_model_file",
     "load_datalist",
 ]
 
@@ -52,9 +56,13 @@ _PIL_MODE_CHANNELS = {
 }
 
 
-def input_error(path: str | Path, reason: str) -> SystemExit:
-    """The one-line ``SystemExit`` raised for a bad bundle input (see the module docstring)."""
-    return SystemExit(f"{INPUT_ERROR}: {path}: {reason}")
+class BundleInputError(InputError):
+    """A bundle input that cannot be used: ``"bundle input error: <file or folder>: <reason>"``."""
+
+
+def input_error(path: str | Path, reason: str) -> BundleInputError:
+    """The error raised for a bad bundle input (see the module docstring)."""
+    return BundleInputError(f"{INPUT_ERROR}: {path}: {reason}")
 
 
 def _has_suffix(path: Path, suffixes: Sequence[str]) -> bool:
@@ -69,7 +77,7 @@ def image_channels(path: str | Path) -> int:
     ``SamplesPerPixel`` element.
 
     Raises:
-        SystemExit: the file is missing or not a readable image.
+        BundleInputError: the file is missing or not a readable image.
     """
     path = Path(path)
     if not path.is_file():
@@ -99,7 +107,7 @@ def check_dataset_dir(dataset_dir: str | Path) -> Path:
     Return ``dataset_dir`` as a ``Path`` if it is an existing, non-empty folder.
 
     Raises:
-        SystemExit: the folder is missing, is a file, or is empty.
+        BundleInputError: the folder is missing, is a file, or is empty.
     """
     folder = Path(dataset_dir)
     if not folder.exists():
@@ -109,6 +117,37 @@ def check_dataset_dir(dataset_dir: str | Path) -> Path:
     if not any(folder.iterdir()):
         raise input_error(folder, "dataset_dir is empty")
     return folder
+
+
+def check_inference_input(dataset_dir: str | Path) -> Path:
+    """
+    Return ``dataset_dir`` as a ``Path`` if it is one case file (NIfTI, DICOM, PNG/JPG/TIFF/BMP) or a non-empty
+    folder of cases.
+
+    Raises:
+        BundleInputError: it is missing or an empty folder.
+    """
+    path = Path(dataset_dir)
+    if path.is_file():
+        return path
+    return check_dataset_dir(path)
+
+
+def check_model_file(path: str | Path) -> str:
+    """
+    Return ``path`` if the model file (a torch checkpoint or an ONNX model) exists.
+
+    Raises:
+        BundleInputError: it does not, naming the ways to get one.
+    """
+    if not Path(path).is_file():
+        raise input_error(
+            path,
+            "model file not found; train the bundle (configs/train.json writes models/model.pt), run the shipped "
+            "demo weights where the bundle has them (add configs/demo.json), or point --ckpt_path (ONNX: "
+            "--onnx_model) at a model file",
+        )
+    return str(path)
 
 
 def _read_datalist(datalist_file: Path) -> dict:
@@ -182,7 +221,7 @@ def load_datalist(
         the items with absolute paths, ready for a MONAI ``Dataset``.
 
     Raises:
-        SystemExit: with a one-line message naming the offending folder or file.
+        BundleInputError: with a one-line message naming the offending folder or file.
     """
     folder = check_dataset_dir(dataset_dir)
     datalist_path = Path(datalist_file)

@@ -25,6 +25,7 @@ from custom_networks.deploy.quantize import (
     quantize_dynamic_int8,
     quantize_static_int8,
 )
+from custom_networks.errors import find_input_error
 
 __all__ = ["BundleExport", "export_bundle"]
 
@@ -147,9 +148,12 @@ def _calibration_images(train: ConfigParser, roi_size: tuple[int, ...], max_samp
         raise FileNotFoundError(f"{dataset_dir}: dataset_dir not found (pass dataset_dir / --dataset_dir).")
     try:
         items = train.get_parsed_content("train#dataset#data")
-    except SystemExit as error:
-        # the bundle's input checks exit with a one-line message for the CLI; a library call raises instead
-        raise ValueError(str(error.code)) from None
+    except RuntimeError as error:
+        # MONAI's config parser wraps the datalist check's BundleInputError; raise that one
+        found = find_input_error(error)
+        if found is None:
+            raise
+        raise found from None
     preprocessing_id = next((key for key in _VALIDATION_PREPROCESSING_IDS if key in train), None)
     if preprocessing_id is None:
         raise ValueError(f"train.json has none of the ids {', '.join(_VALIDATION_PREPROCESSING_IDS)}.")

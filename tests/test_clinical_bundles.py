@@ -28,7 +28,6 @@ import pytest
 import tifffile
 import torch
 from monai.bundle import ConfigParser
-from monai.bundle import run as bundle_run
 from monai.inferers import SlidingWindowInferer
 from PIL import Image
 
@@ -42,6 +41,7 @@ from custom_networks.clinical import (
     is_on,
     segment_labels,
 )
+from custom_networks.clinical.bundle_config import segment_codes, segment_colours
 from custom_networks.data.sample_study import (
     SAMPLE_SHAPE,
     lesion_dice,
@@ -51,12 +51,13 @@ from custom_networks.data.sample_study import (
 )
 
 from clinical_fixtures import marker_volume, write_radiograph, write_series, write_structured_report
-from conftest import BUNDLES, BUNDLES_DIR, REPO, TINY_OVERRIDES, cli_args, run_cli
+from conftest import BUNDLES, BUNDLES_DIR, REPO, TINY_OVERRIDES, cli_args, infer_in_process, run_cli
 
 BRAIN = "brain_tumor_mri_gsconv_eca_unet"
 SAMPLE = BUNDLES_DIR / BRAIN / "sample_data"
 # the paths and the shape of the masks each kind of input gets
 NIFTI_MASK, PNG_MASK, SEG = "_seg.nii.gz", "_seg.png", "_seg.dcm"
+ONNX_CONFIGS = ("inference.json", "inference_onnx.json")
 
 
 def run_env() -> dict[str, str]:
@@ -117,13 +118,17 @@ def test_main_job_writes_every_output_and_says_where(main_job):
     for name, row in rows.items():
         outputs = [Path(p) for p in row["outputs"]]
         assert outputs[0] == output / f"{name}{NIFTI_MASK}"
-        overlays = [p for p in outputs if "_overlay_" in p.name]
-        assert len(overlays) == 3
+        overlays = [p for p in outputs if "_overlay" in p.name]
+        assert overlays == [output / f"{name}_overlay.png"]
         assert (output / f"{name}{SEG}" in outputs) == (name == "mr_series")
         for path in outputs:
             assert path.is_file() and str(path) in done.stdout
     assert f"run summary: {output / 'run_summary.json'}" in done.stdout
     assert no_temporary_files(output)
+    run = json.loads((output / "run_summary.json").read_text())["run"]
+    weights = BUNDLES_DIR / BRAIN / "models" / "demo_model.pt"
+    assert run["demo_weights"] is True and Path(run["weights"]).resolve() == weights
+    assert run["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
 def test_main_job_masks_keep_the_input_geometry_and_find_the_lesion(main_job):
@@ -164,13 +169,24 @@ def test_main_job_overlays_show_the_contour_on_the_lesion(main_job):
     output, _ = main_job
     study = make_sample_study()
     lesion_slices = set(np.flatnonzero(study.lesion.sum(axis=(0, 1))).tolist())
-    for path in sorted(output.glob("mr_series_overlay_*.png")):
-        assert int(path.stem.rsplit("_", 1)[1]) in lesion_slices
-        with Image.open(path) as picture:
-            pixels = np.asarray(picture.convert("RGB"))
-        assert min(pixels.shape[:2]) >= 256
-        red = (pixels[..., 0] > 200) & (pixels[..., 1] < 80) & (pixels[..., 2] < 80)
-        assert 50 < red.sum() < 0.1 * red.size
+    configs = BUNDLES_DIR / BRAIN / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / "inference.json"), str(configs / "demo.json")])
+    parser.update({"bundle_root": str(BUNDLES_DIR / BRAIN)})
+    # the mosaic drawn again here, as the main job's bundle config draws it, shows what its tiles hold
+    image = LoadClinicalImage()(SAMPLE / "mr_series")
+    mask = torch.as_tensor(np.asarray(nib.load(output / f"mr_series{NIFTI_MASK}").dataobj))[None]
+    mosaic = parser.get_parsed_content("overlay_writer").mosaic(image, mask)
+    with Image.open(output / "mr_series_overlay.png") as picture:
+        np.testing.assert_array_equal(np.asarray(picture.convert("RGB")), mosaic.picture)
+    assert lesion_slices <= {tile.index for tile in mosaic.tiles} and mosaic.demo_marks
+    for tile in mosaic.tiles:
+        if tile.index in lesion_slices:
+            top, left, bottom, right = tile.box
+            pixels = mosaic.picture[top:bottom, left:right]
+            assert min(pixels.shape[:2]) >= 256
+            red = (pixels[..., 0] > 200) & (pixels[..., 1] < 80) & (pixels[..., 2] < 80)
+            assert 50 < red.sum() < 0.1 * red.size
 
 
 # --- a mixed dataset_dir through the CLI ------------------------------------------------------------------------
@@ -281,18 +297,7 @@ def test_every_bundle_segments_the_input_kinds_it_takes(bundle, tmp_path):
     (root / "models").mkdir(parents=True)
     torch.save(parser.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
 
-    bundle_run(
-        config_file=str(configs / "inference.json"),
-        meta_file=str(configs / "metadata.json"),
-        logging_file=False,
-        bundle_root=str(root),
-        dataset_dir=str(data),
-        output_dir=str(output),
-        summary_dir=str(output),
-        device="cpu",
-        save_overlays=True,
-        **{key: value for key, value in TINY_OVERRIDES[bundle].items()},
-    )
+    infer_in_process(bundle, root, data, output)
 
     rows = summary_rows(output)
     assert {name: row["status"] for name, row in rows.items()} == {
@@ -334,11 +339,18 @@ def test_inference_configs_keep_their_ids_and_clinical_switches():
             "series_description",
             "series_prefer_most_slices",
             "save_overlays",
+            "overlay_min_slices",
+            "demo_weights",
             "bundle_name",
         ):
             assert key in parser, f"{bundle}: {key}"
         assert parser["bundle_name"] == bundle
-        assert not is_on(parser["save_overlays"])
+        assert not is_on(parser["save_overlays"]) and not is_on(parser["demo_weights"])
+        onnx = ConfigParser()  # the run summary hashes the weights the network runs
+        onnx.read_config([str(BUNDLES_DIR / bundle / "configs" / name) for name in ONNX_CONFIGS])
+        onnx.update({"bundle_root": "/bundle"})
+        assert onnx.get_parsed_content("recorder#weights") == "/bundle/models/model_int8_static.onnx"
+        assert parser["recorder"]["weights"] == "@ckpt_path"
 
 
 def test_demo_config_loads_the_shipped_weights():
@@ -350,6 +362,7 @@ def test_demo_config_loads_the_shipped_weights():
     assert weights.name == "demo_model.pt" and weights.stat().st_size < 5e6
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(weights, weights_only=True))
+    assert is_on(parser["demo_weights"])
 
 
 # --- the pieces -------------------------------------------------------------------------------------------------
@@ -449,7 +462,7 @@ def test_config_helpers(tmp_path):
     assert [is_on(v) for v in (True, "true", "True", "1", "yes", False, "false", "0", "", None)] == [True] * 5 + [
         False
     ] * 5
-    with pytest.raises(ValueError, match="not a switch value: 'maybe'"):
+    with pytest.raises(ValueError, match="switch: 'maybe' is not a switch value"):
         is_on("maybe")
     (tmp_path / "configs").mkdir()
     meta = {"version": "1.2.3", "network_data_format": {"outputs": {"pred": {"channel_def": {"0": "bg", "1": "x"}}}}}
@@ -457,5 +470,14 @@ def test_config_helpers(tmp_path):
     assert bundle_metadata({}, tmp_path) == meta
     assert bundle_metadata({"version": "9"}, "/nowhere") == {"version": "9"}
     assert segment_labels(meta) == {"0": "bg", "1": "x"}
+    with pytest.raises(KeyError, match="outputs.pred of the bundle metadata has no dicom_segments"):
+        segment_codes(meta)
+    lesion = {
+        "category": {"scheme": "SCT", "value": "49755003", "meaning": "Morphologically abnormal structure"},
+        "type": {"scheme": "SCT", "value": "52988006", "meaning": "Lesion"},
+    }
+    meta["network_data_format"]["outputs"]["pred"]["dicom_segments"] = {"1": {**lesion, "color_rgb": [1, 2, 3]}}
+    assert segment_codes(meta) == {"1": {**lesion, "color_rgb": [1, 2, 3]}}
+    assert segment_colours(meta) == {"1": [1, 2, 3]}
     with pytest.raises(FileNotFoundError, match="bundle metadata not found"):
         bundle_metadata({}, tmp_path / "nowhere")

@@ -31,6 +31,7 @@ from custom_networks.atomic_files import TEMP_PREFIX, atomic_path
 from custom_networks.clinical.cases import (
     CaseOutcomeRecorder,
     ClinicalCaseDataset,
+    MeasureSegmentsd,
     RecordCaseOutcomed,
     cases_datalist,
     discover_cases,
@@ -58,6 +59,7 @@ OBLIQUE = rotation((70, -15, 30))  # oblique coronal: LSA, neither axial nor axi
 ORIGIN = (-10.0, 5.0, 30.0)
 MARKER = 1000
 CHANNEL_DEF = {"0": "background", "1": "tumour", "2": "oedema"}
+TISSUE = {"scheme": "SCT", "value": "85756007", "meaning": "Tissue"}
 ATOMIC_WRITER = "custom_networks.clinical.mask_writer.AtomicNibabelWriter"
 
 
@@ -100,6 +102,11 @@ def segment_by_threshold(image: MetaTensor, level: float = MARKER / 2) -> MetaTe
 
 def oblique_series(folder, **kwargs):
     return write_series(folder, marker_volume(), spacing=SPACING, orientation=OBLIQUE, origin=ORIGIN, **kwargs)
+
+
+def tissue_codes(channel_def: dict) -> dict:
+    """``segment_codes`` coding every segment of ``channel_def`` as SNOMED CT "Tissue", without a colour."""
+    return {value: {"category": TISSUE, "type": TISSUE} for value in channel_def if value != "0"}
 
 
 def no_temporary_files(root) -> bool:
@@ -179,7 +186,14 @@ def test_dicom_seg_round_trip_is_voxel_exact_and_references_the_source(tmp_path)
     written = oblique_series(tmp_path / "mr")
     data = LoadClinicalImaged("image")({"image": tmp_path / "mr"})
     data["pred"] = two_label_prediction(data["image"])
-    SaveDicomSegd("pred", tmp_path / "out", CHANNEL_DEF, algorithm_name="test_bundle", algorithm_version="0.2.0")(data)
+    SaveDicomSegd(
+        "pred",
+        tmp_path / "out",
+        CHANNEL_DEF,
+        algorithm_name="test_bundle",
+        algorithm_version="0.2.0",
+        segment_codes=tissue_codes(CHANNEL_DEF),
+    )(data)
 
     (seg_path,) = data["pred"].meta["clinical_outputs"]
     assert seg_path == str(tmp_path / "out" / "mr" / "mr_seg.dcm")
@@ -191,6 +205,10 @@ def test_dicom_seg_round_trip_is_voxel_exact_and_references_the_source(tmp_path)
     assert seg.FrameOfReferenceUID == written.study.frame_of_reference_uid
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == written.series_instance_uid
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["tumour", "oedema"]
+    for segment in seg.SegmentSequence:
+        for coded in (segment.SegmentedPropertyCategoryCodeSequence[0], segment.SegmentedPropertyTypeCodeSequence[0]):
+            assert (coded.CodingSchemeDesignator, coded.CodeValue, coded.CodeMeaning) == ("SCT", "85756007", "Tissue")
+        assert "RecommendedDisplayCIELabValue" not in segment
     algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("test_bundle", "0.2.0")
     # BINARY: one frame per segment per slice that holds it; empty frames omitted
@@ -215,7 +233,7 @@ def test_dicom_seg_refuses_a_label_outside_the_source_grid(tmp_path):
     oblique_series(tmp_path / "mr")
     image = LoadClinicalImage()(tmp_path / "mr")
     flipped = Flip(spatial_axis=0)(two_label_prediction(image))
-    writer = SaveDicomSegd("pred", tmp_path / "out", CHANNEL_DEF, "test_bundle", "1")
+    writer = SaveDicomSegd("pred", tmp_path / "out", CHANNEL_DEF, "test_bundle", "1", tissue_codes(CHANNEL_DEF))
     with pytest.raises(ValueError, match="Invertd"):
         writer({"pred": flipped, "image": image})
     unknown = two_label_prediction(image) * 3
@@ -227,9 +245,9 @@ def test_dicom_seg_refuses_a_label_outside_the_source_grid(tmp_path):
 def test_dicom_seg_skips_inputs_that_are_not_dicom(tmp_path):
     path = write_nifti(tmp_path / "a.nii.gz", marker_volume().astype(np.float32), np.eye(4))
     image = LoadClinicalImage()(path)
-    data = SaveDicomSegd("pred", tmp_path / "out", CHANNEL_DEF, "b", "1", source_key="image")(
-        {"image": image, "pred": two_label_prediction(image)}
-    )
+    codes = tissue_codes(CHANNEL_DEF)
+    writer = SaveDicomSegd("pred", tmp_path / "out", CHANNEL_DEF, "b", "1", codes, source_key="image")
+    data = writer({"image": image, "pred": two_label_prediction(image)})
     assert "clinical_outputs" not in data["pred"].meta
     assert not (tmp_path / "out").exists()
 
@@ -245,7 +263,9 @@ def test_failed_seg_write_leaves_no_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(hd.seg.Segmentation, "save_as", write_half_then_fail)
     with pytest.raises(OSError, match="disk full"):
-        SaveDicomSegd("pred", tmp_path / "out", CHANNEL_DEF, "b", "1")({"pred": two_label_prediction(image)})
+        SaveDicomSegd("pred", tmp_path / "out", CHANNEL_DEF, "b", "1", tissue_codes(CHANNEL_DEF))(
+            {"pred": two_label_prediction(image)}
+        )
     assert list((tmp_path / "out").rglob("*")) == [tmp_path / "out" / "mr"]
 
 
@@ -307,9 +327,11 @@ def test_radiograph_round_trip_nifti_seg_and_overlay(tmp_path):
     assert expected.sum() == 7 * 13
     np.testing.assert_array_equal(data["pred"][0].numpy(), expected)
 
+    lung = {"0": "background", "1": "lung"}
     save_nifti(tmp_path / "out")(data)
-    SaveDicomSegd("pred", tmp_path / "out", {"0": "background", "1": "lung"}, "cxr_bundle", "1.0")(data)
-    SaveOverlayPNGd("pred", tmp_path / "out")(data)
+    SaveDicomSegd("pred", tmp_path / "out", lung, "cxr_bundle", "1.0", tissue_codes(lung))(data)
+    overlay = SaveOverlayPNGd("pred", tmp_path / "out", lung)
+    overlay(data)
 
     nifti = nib.load(data["pred"].meta["saved_to"])
     np.testing.assert_array_equal(np.asarray(nifti.dataobj), expected)
@@ -322,7 +344,11 @@ def test_radiograph_round_trip_nifti_seg_and_overlay(tmp_path):
         source_sop_instance_uids=[source.SOPInstanceUID], combine_segments=True, assert_missing_frames_are_empty=True
     )
     np.testing.assert_array_equal(pixels_back[0], expected.T)
-    picture = np.asarray(Image.open(overlay_path))
+    mosaic = overlay.mosaic(data["image"], data["pred"])
+    np.testing.assert_array_equal(np.asarray(Image.open(overlay_path)), mosaic.picture)
+    (tile,) = mosaic.tiles
+    top, left, bottom, right = tile.box
+    picture = mosaic.picture[top:bottom, left:right]
     assert picture.shape[:2] == (30 * 9, 40 * 9)  # enlarged to at least 256 pixels
     red = np.all(picture == (255, 40, 40), axis=-1)
     rows, columns = np.nonzero(red)
@@ -564,19 +590,20 @@ def test_label_contours_are_region_borders():
     assert contours[3:5, 3:5].sum() == 0
 
 
-def test_overlay_saves_the_slices_with_largest_label_area(tmp_path):
+def test_overlay_mosaic_shows_every_labelled_slice(tmp_path):
     image = MetaTensor(torch.rand(1, 12, 10, 9), meta={"filename_or_obj": "/data/case7.nii.gz"})
     label = torch.zeros(1, 12, 10, 9)
     for k, side in ((2, 4), (5, 7), (7, 2), (8, 5)):
         label[0, 1 : 1 + side, 1 : 1 + side, k] = 1
-    data = SaveOverlayPNGd("pred", tmp_path, num_slices=3, min_size=64)({"image": image, "pred": MetaTensor(label)})
-    paths = data["pred"].meta["clinical_outputs"]
-    assert [p.split("/")[-1] for p in paths] == [
-        "case7_overlay_002.png",
-        "case7_overlay_005.png",
-        "case7_overlay_008.png",
-    ]
-    picture = np.asarray(Image.open(paths[1]))
+    writer = SaveOverlayPNGd("pred", tmp_path, CHANNEL_DEF, min_slices=3, tile_size=64)
+    data = writer({"image": image, "pred": MetaTensor(label)})
+    (path,) = data["pred"].meta["clinical_outputs"]
+    assert path.split("/")[-1] == "case7_overlay.png"
+    mosaic = writer.mosaic(image, label)
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), mosaic.picture)
+    assert [tile.index for tile in mosaic.tiles] == [2, 5, 7, 8]  # the smallest area (slice 7) too
+    top, left, bottom, right = mosaic.tiles[1].box
+    picture = mosaic.picture[top:bottom, left:right]
     assert picture.shape == (10 * 7, 12 * 7, 3)
     assert np.all(picture[7, 7] == (255, 40, 40))  # corner of the 7x7 square, enlarged 7 times
     assert no_temporary_files(tmp_path)
@@ -590,13 +617,19 @@ def test_overlay_of_dicom_series_and_its_canonical_nifti_twin_is_the_same_pictur
     for source in (tmp_path / "axial", twin):
         data = LoadClinicalImaged("image")({"image": source})
         data["pred"] = (data["image"] > MARKER / 2).to(torch.uint8)
-        SaveOverlayPNGd("pred", tmp_path / "out", num_slices=1)(data)
-        (path,) = data["pred"].meta["clinical_outputs"]
-        pictures.append(np.asarray(Image.open(path)))
+        mosaic = SaveOverlayPNGd("pred", tmp_path / "out", CHANNEL_DEF).mosaic(data["image"], data["pred"])
+        # tile by tile: the captions differ (InstanceNumber, 1-based index)
+        tiles = {}
+        for tile in mosaic.tiles:
+            top, left, bottom, right = tile.box
+            tiles[tile.index] = mosaic.picture[top:bottom, left:right]
+        pictures.append(tiles)
     assert not np.array_equal(np.asarray(nib.load(twin).dataobj)[..., 6], volume[..., 6])
-    np.testing.assert_array_equal(pictures[0], pictures[1])
+    assert list(pictures[0]) == list(pictures[1]) == [1, 6, 7, 8]
+    for index, tile in pictures[0].items():
+        np.testing.assert_array_equal(tile, pictures[1][index])
     # DICOM display: row index down, column index right; the marker is at columns 2-5, rows 10-12 of slice 6
-    red = np.all(pictures[0] == (255, 40, 40), axis=-1)
+    red = np.all(pictures[0][6] == (255, 40, 40), axis=-1)
     rows, columns = np.nonzero(red)
     scale = 256 // 16
     assert (rows.min() // scale, columns.min() // scale, columns.max() // scale) == (10, 2, 5)
@@ -697,12 +730,14 @@ def test_mixed_run_finishes_good_cases_and_summarises_every_case(tmp_path):
     cases = discover_cases(root)
     recorder = CaseOutcomeRecorder(out)
     preprocessing = LoadClinicalImaged("image", expected_channels=1)
+    marker = {"0": "background", "1": "marker"}
     postprocessing = Compose(
         [
             AsDiscreted("pred", argmax=True),
             save_nifti(out),
-            SaveDicomSegd("pred", out, {"0": "background", "1": "marker"}, "test_bundle", "0.1.0", source_key="image"),
-            SaveOverlayPNGd("pred", out, image_key="image", num_slices=2),
+            SaveDicomSegd("pred", out, marker, "test_bundle", "0.1.0", tissue_codes(marker), source_key="image"),
+            SaveOverlayPNGd("pred", out, marker, image_key="image"),
+            MeasureSegmentsd("pred", marker),
             RecordCaseOutcomed("pred", recorder),
         ]
     )
@@ -734,6 +769,9 @@ def test_mixed_run_finishes_good_cases_and_summarises_every_case(tmp_path):
         assert any(p.endswith(".png") for p in outputs)
     for path in (p for row in rows.values() for p in row["outputs"]):
         assert Path(path).is_file() and Path(path).is_relative_to(out)
+    for row in rows.values():  # the start time passed DataLoader workers and collation
+        assert row["started"] and row["started"] <= row["ended"]
+        assert [segment["label"] for segment in row["segments"]] == (["marker"] if row["status"] == "ok" else [])
     mr_mask = nib.load(rows["mr_case"]["outputs"][0])
     assert world_points(np.asarray(mr_mask.dataobj), mr_mask.affine) == world_points(
         marker_volume() > MARKER / 2, written.ras_affine

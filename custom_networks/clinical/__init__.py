@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from custom_networks.clinical.bundle_config import bundle_metadata, is_on, segment_labels
+from custom_networks.clinical.bundle_config import (
+    bundle_metadata,
+    is_on,
+    segment_codes,
+    segment_colours,
+    segment_labels,
+)
 from custom_networks.clinical.cases import (
     Case,
     CaseOutcome,
     CaseOutcomeRecorder,
     ClinicalCaseDataset,
+    MeasureSegmentsd,
     RecordCaseOutcomed,
     cases_datalist,
     discover_cases,
@@ -31,6 +38,7 @@ __all__ = [
     "ClinicalCaseDataset",
     "LoadClinicalImage",
     "LoadClinicalImaged",
+    "MeasureSegmentsd",
     "RecordCaseOutcomed",
     "SaveClinicalMaskd",
     "SaveDicomSegd",
@@ -44,6 +52,8 @@ __all__ = [
     "input_form",
     "is_on",
     "load_radiograph",
+    "segment_codes",
+    "segment_colours",
     "segment_labels",
     "select_series",
     "sort_series",

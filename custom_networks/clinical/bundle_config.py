@@ -8,7 +8,9 @@ from pathlib import Path
 
 from monai.config import PathLike
 
-__all__ = ["bundle_metadata", "is_on", "segment_labels"]
+from custom_networks.errors import InputError
+
+__all__ = ["bundle_metadata", "is_on", "segment_codes", "segment_colours", "segment_labels"]
 
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off", "none", "")
@@ -40,8 +42,34 @@ def segment_labels(metadata: Mapping, output: str = "pred") -> dict[str, str]:
     return dict(metadata["network_data_format"]["outputs"][output]["channel_def"])
 
 
-def is_on(value: bool | int | str | None) -> bool:
-    """A switch given in a config or on the command line (``true``/``false``, ``1``/``0``, ``yes``/``no``)."""
+def segment_codes(metadata: Mapping, output: str = "pred") -> dict[str, dict]:
+    """``dicom_segments`` of output ``output``: per label value, its DICOM SEG codes and display colour.
+
+    Returns:
+        ``{"1": {"category": {"scheme", "value", "meaning"}, "type": {...}, "color_rgb": [r, g, b]}}``, the
+        ``segment_codes`` argument of ``SaveDicomSegd``.
+
+    Raises:
+        KeyError: the output's metadata has no ``dicom_segments``.
+    """
+    formats = metadata["network_data_format"]["outputs"][output]
+    if "dicom_segments" not in formats:
+        raise KeyError(f"network_data_format.outputs.{output} of the bundle metadata has no dicom_segments")
+    return {str(value): dict(entry) for value, entry in formats["dicom_segments"].items()}
+
+
+def segment_colours(metadata: Mapping, output: str = "pred") -> dict[str, list[int]]:
+    """The display colour ``[r, g, b]`` (0-255) of each label value of output ``output`` that names one."""
+    codes = segment_codes(metadata, output)
+    return {value: list(entry["color_rgb"]) for value, entry in codes.items() if "color_rgb" in entry}
+
+
+def is_on(value: bool | int | str | None, name: str = "switch") -> bool:
+    """A switch given in a config or on the command line (``true``/``false``, ``1``/``0``, ``yes``/``no``).
+
+    Raises:
+        InputError: ``value`` is none of those; the message names the option ``name``.
+    """
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -49,4 +77,4 @@ def is_on(value: bool | int | str | None) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise ValueError(f"not a switch value: {value!r} (use true or false)")
+    raise InputError(f"{name}: {value!r} is not a switch value (use true or false)")

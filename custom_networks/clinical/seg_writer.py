@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
@@ -27,9 +28,8 @@ from custom_networks.clinical.meta import (
 
 __all__ = ["SaveDicomSegd"]
 
-# used when ``segment_codes`` names no codes for a segment: SNOMED CT "Tissue" for category and type
-_DEFAULT_CODE = ("85756007", "SCT", "Tissue")
 _AFFINE_TOLERANCE = 1e-3
+_CODE_FIELDS = ("value", "scheme", "meaning")
 
 
 @contextmanager
@@ -60,16 +60,22 @@ class SaveDicomSegd(MapTransform):
             value 0 is background and never a segment.
         algorithm_name: the algorithm identification (e.g. the bundle name); also the model name of the device.
         algorithm_version: the algorithm (bundle) version.
+        segment_codes: per label value of ``channel_def`` (background excepted), its SegmentedPropertyCategory and
+            SegmentedPropertyType codes and, optionally, its recommended display colour, as a bundle's metadata
+            holds them (``network_data_format.outputs.pred.dicom_segments``): ``{"1": {"category": {"scheme":
+            "SCT", "value": "49755003", "meaning": "Morphologically abnormal structure"}, "type": {...},
+            "color_rgb": [255, 40, 40]}}`` (written as RecommendedDisplayCIELabValue).
         source_key: key whose meta-data holds the DICOM source; ``None`` uses the label's own meta-data.
         output_postfix: appended to the input's name.
         separate_folder: one folder per case, as ``SaveImage``.
         data_root_dir: keep the input's folders relative to this, as ``SaveImage``.
         segmentation_type: ``"BINARY"`` (widely supported) or ``"LABELMAP"``.
-        segment_codes: per segment label, ``{"category": [value, scheme, meaning], "type": [...]}``;
-            segments not listed are coded as SNOMED CT "Tissue".
         manufacturer: written as Manufacturer of the SEG.
         series_number: SeriesNumber of the SEG.
         allow_missing_keys: do not raise for absent keys.
+
+    Raises:
+        ValueError: a segment of ``channel_def`` has no codes in ``segment_codes`` (the message names its label).
     """
 
     def __init__(
@@ -79,12 +85,12 @@ class SaveDicomSegd(MapTransform):
         channel_def: Mapping[str | int, str],
         algorithm_name: str,
         algorithm_version: str,
+        segment_codes: Mapping[str | int, Mapping],
         source_key: str | None = None,
         output_postfix: str = "seg",
         separate_folder: bool = True,
         data_root_dir: PathLike = "",
         segmentation_type: str = "BINARY",
-        segment_codes: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
         manufacturer: str = "custom_networks",
         series_number: int = 9001,
         allow_missing_keys: bool = False,
@@ -97,7 +103,7 @@ class SaveDicomSegd(MapTransform):
         self.algorithm_version = str(algorithm_version)
         self.source_key = source_key
         self.segmentation_type = segmentation_type
-        self.segment_codes = dict(segment_codes or {})
+        self.segment_codes = _parse_segment_codes(self.labels, segment_codes)
         self.manufacturer = manufacturer
         self.series_number = series_number
         self.layout = FolderLayout(
@@ -129,7 +135,7 @@ class SaveDicomSegd(MapTransform):
         return path
 
     def _segmentation(self, sources: list[pydicom.Dataset], frames: np.ndarray) -> hd.seg.Segmentation:
-        return hd.seg.Segmentation(
+        segmentation = hd.seg.Segmentation(
             source_images=sources,
             pixel_array=frames,
             segmentation_type=self.segmentation_type,
@@ -146,6 +152,11 @@ class SaveDicomSegd(MapTransform):
             content_description=f"{self.algorithm_name} {self.algorithm_version}"[:64],
             series_description=f"{self.algorithm_name} segmentation"[:64],
         )
+        if "FrameOfReferenceUID" not in segmentation:
+            # no patient frame (a radiograph): General Image then requires PatientOrientation (Type 2C); the
+            # frames lie on the source's pixel grid, so the source's orientation holds
+            segmentation.PatientOrientation = sources[0].get("PatientOrientation", "")
+        return segmentation
 
     def _frames(self, label: torch.Tensor, source_meta: Mapping, sources: list[pydicom.Dataset]) -> np.ndarray:
         """``(slices, rows, columns)`` segment numbers, frame ``k`` from slice ``k`` of the source grid."""
@@ -179,17 +190,72 @@ class SaveDicomSegd(MapTransform):
         descriptions = []
         for number, value in enumerate(sorted(self.labels), start=1):
             name = self.labels[value]
-            coded = self.segment_codes.get(name, {})
+            coded = self.segment_codes[value]
             descriptions.append(
                 hd.seg.SegmentDescription(
                     segment_number=number,
                     segment_label=name,
-                    segmented_property_category=hd.sr.CodedConcept(*coded.get("category", _DEFAULT_CODE)),
-                    segmented_property_type=hd.sr.CodedConcept(*coded.get("type", _DEFAULT_CODE)),
+                    segmented_property_category=coded.category,
+                    segmented_property_type=coded.type,
                     algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                     algorithm_identification=algorithm,
                     tracking_uid=hd.UID(),
                     tracking_id=f"{name} {number}",
+                    display_color=coded.display_color,
                 )
             )
         return descriptions
+
+
+@dataclass(frozen=True)
+class _SegmentCodes:
+    """The coded meaning of one segment and its recommended display colour (``None``: none recommended)."""
+
+    category: hd.sr.CodedConcept
+    type: hd.sr.CodedConcept
+    display_color: hd.color.CIELabColor | None
+
+
+def _parse_segment_codes(
+    labels: Mapping[int, str], segment_codes: Mapping[str | int, Mapping]
+) -> dict[int, _SegmentCodes]:
+    """``segment_codes`` (see :class:`SaveDicomSegd`) per label value, checked to code every segment of ``labels``.
+
+    Raises:
+        ValueError: a segment has no entry, an entry lacks its category or type or a code lacks a field, a
+            colour is not three values in 0-255, or an entry names a label value ``labels`` does not hold.
+    """
+    given = {int(value): entry for value, entry in segment_codes.items()}
+    unknown = sorted(set(given) - set(labels))
+    if unknown:
+        raise ValueError(f"segment_codes name label values {unknown} that channel_def {labels} does not hold")
+    parsed = {}
+    for value, name in labels.items():
+        entry = given.get(value, {})
+        missing = [part for part in ("category", "type") if part not in entry]
+        if missing:
+            raise ValueError(
+                f"segment {value} ({name!r}) has no DICOM {' and '.join(missing)} code: give segment_codes "
+                f"(the bundle metadata's network_data_format.outputs.pred.dicom_segments) an entry {value!r}: "
+                '{"category": {"scheme": ..., "value": ..., "meaning": ...}, "type": {...}}'
+            )
+        colour = entry.get("color_rgb")
+        parsed[value] = _SegmentCodes(
+            _coded_concept(entry["category"], f"segment {value} ({name!r}) category"),
+            _coded_concept(entry["type"], f"segment {value} ({name!r}) type"),
+            None if colour is None else _display_colour(colour, f"segment {value} ({name!r})"),
+        )
+    return parsed
+
+
+def _coded_concept(code: Mapping[str, str], what: str) -> hd.sr.CodedConcept:
+    missing = [field for field in _CODE_FIELDS if not code.get(field)]
+    if missing:
+        raise ValueError(f"{what} code {dict(code)} lacks {', '.join(missing)}")
+    return hd.sr.CodedConcept(str(code["value"]), str(code["scheme"]), str(code["meaning"]))
+
+
+def _display_colour(rgb: Sequence[int], what: str) -> hd.color.CIELabColor:
+    if len(rgb) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in rgb):
+        raise ValueError(f"{what} color_rgb {list(rgb)} is not three integers in 0-255")
+    return hd.color.CIELabColor.from_rgb(*rgb)

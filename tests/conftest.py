@@ -205,6 +205,13 @@ def run_in_process(bundle: str, configs: Sequence[str], overrides: dict, workflo
     workflow.finalize()
 
 
+def infer_in_process(bundle: str, bundle_root: Path, data: Path, output: Path) -> None:
+    """``inference.json`` of ``bundle`` at tiny widths on ``data`` with overlays, on the CPU, outputs to ``output``."""
+    overrides = {"bundle_root": str(bundle_root), "dataset_dir": str(data), "output_dir": str(output),
+                 "device": "$torch.device('cpu')", "save_overlays": True, **TINY_OVERRIDES[bundle]}
+    run_in_process(bundle, ["inference.json"], overrides, workflow_type="infer")
+
+
 # the bundle trained through the real CLI, with the overrides MONAI Label's train task passes
 MONAI_LABEL_BUNDLE = "lgg_mri_cbam_unet"
 # the bundle trained with its paper's joint loss and MLflow tracking

@@ -30,7 +30,6 @@ from conftest import BUNDLES, BUNDLES_DIR, REPO
 
 SCRIPT = REPO / "scripts" / "generate_bundle_configs.py"
 SHARED_FILES = (
-    "evaluate.json",
     "multi_gpu_train.json",
     "multi_gpu_evaluate.json",
     "inference_onnx.json",

@@ -61,7 +61,7 @@ def test_training_on_demo_data_reaches_dice_08(bundle, tmp_path):
 
     run_cli(cli_args(bundle, ["train.json", "evaluate.json"], common), cwd=tmp_path).check()
     metrics = dict(row for row in csv.reader((root / "eval" / "metrics.csv").open()) if row)
-    assert float(metrics["val_mean_dice"]) >= 0.8
+    assert float(metrics["test_mean_dice"]) >= 0.8
 
     masks = tmp_path / "masks"
     run_cli(
@@ -103,5 +103,5 @@ def test_multi_gpu_configs_run_under_torchrun_on_cpu(demo_data, tmp_path):
     run_cli(
         torchrun + cli_args(bundle, ["train.json", "evaluate.json", "multi_gpu_evaluate.json"], overrides), cwd=tmp_path
     ).check()
-    rows = list(csv.reader((root / "eval" / "val_mean_dice_raw.csv").open()))
+    rows = list(csv.reader((root / "eval" / "test_mean_dice_raw.csv").open()))
     assert len(rows) == 1 + len(task.datalist["testing"])

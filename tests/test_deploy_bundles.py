@@ -148,7 +148,7 @@ def test_int8_models_are_quantized_and_run(runs, bundle):
 def output_summary(folder: Path) -> dict[str, tuple]:
     """Per written mask: its shape (and affine for NIfTI) and the set of values it holds."""
     summary = {}
-    for path in sorted(folder.iterdir()):
+    for path in sorted(folder.glob("*_seg.*")):
         if path.name.endswith(".nii.gz"):
             mask = nib.load(path)
             summary[path.name] = (mask.shape, tuple(np.round(mask.affine, 5).ravel()),
@@ -176,8 +176,8 @@ def test_fp32_onnx_inference_reproduces_the_torch_masks_without_the_checkpoint(r
     """With ``--onnx_model models/model.onnx`` the masks equal torch's; ``ckpt_path`` pointed at a missing file
     shows that the ONNX config never loads the torch checkpoint."""
     info = runs["layout"][FP32_BUNDLE]
-    names = sorted(path.name for path in info["torch"].iterdir())
-    assert names == sorted(path.name for path in info["fp32"].iterdir())
+    names = sorted(path.name for path in info["torch"].glob("*_seg.*"))
+    assert names == sorted(path.name for path in info["fp32"].glob("*_seg.*"))
     assert any(name.endswith(".nii.gz") for name in names)
     for name in names:
         if name.endswith(".nii.gz"):

@@ -714,6 +714,17 @@ def test_discover_cases_of_mixed_kinds(tmp_path):
     assert "would overwrite those of a (same name 'a')" in cases[1].error
 
 
+def test_a_series_folder_given_as_the_input_is_one_case_and_a_radiograph_folder_is_many(tmp_path):
+    oblique_series(tmp_path / "series")
+    (case,) = discover_cases(tmp_path / "series")
+    assert (case.name, case.kind, case.path) == ("series", "dicom_folder", tmp_path / "series")
+    image = LoadClinicalImage(expected_channels=1)(case.path)
+    assert image.shape[1:] == marker_volume().shape
+    for name in ("a.dcm", "b.dcm"):
+        write_radiograph(tmp_path / "radiographs" / name, radiograph_pixels())
+    assert [case.name for case in discover_cases(tmp_path / "radiographs")] == ["a", "b"]
+
+
 def test_mixed_run_finishes_good_cases_and_summarises_every_case(tmp_path):
     root, out = tmp_path / "data", tmp_path / "out"
     written = oblique_series(root / "mr_case")

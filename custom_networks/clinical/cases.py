@@ -88,7 +88,7 @@ def _is_case_file(path: Path) -> bool:
 
 def discover_cases(dataset_dir: PathLike) -> list[Case]:
     """The cases in ``dataset_dir``: each NIfTI file, PNG/JPG and DICOM file, and each folder of DICOM files; a
-    ``dataset_dir`` that is itself such a file is the one case.
+    ``dataset_dir`` that is itself such a file, or a folder of nothing but one DICOM series' files, is the one case.
 
     A folder holding NIfTI or PNG/JPG files directly (and no DICOM) is a grouping folder and is searched in turn;
     any other folder, empty or not, is one DICOM case with every series below it (several series are resolved by
@@ -104,6 +104,8 @@ def discover_cases(dataset_dir: PathLike) -> list[Case]:
         return [Case(_output_stem(dataset_dir), dataset_dir, input_form(dataset_dir))]
     if not dataset_dir.is_dir():
         raise CaseError(dataset_dir, "dataset_dir is neither a folder nor a case file")
+    if _is_one_series_folder(dataset_dir):
+        return [Case(_output_stem(dataset_dir), dataset_dir, input_form(dataset_dir))]
     cases: list[Case] = []
     owners: dict[str, Path] = {}
     for path in _case_paths(dataset_dir):
@@ -116,6 +118,17 @@ def discover_cases(dataset_dir: PathLike) -> list[Case]:
             owners[stem] = path
             cases.append(Case(stem, path, kind))
     return cases
+
+
+def _is_one_series_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds directly, and alone, the files of one DICOM series (two or more files): a series
+    folder given as the input. A folder of radiographs (a series each) stays a folder of cases."""
+    entries = [path for path in folder.iterdir() if not path.name.startswith(".")]
+    if len(entries) < 2 or not all(path.is_file() and pydicom.misc.is_dicom(path) for path in entries):
+        return False
+    headers = [pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]) for path in entries]
+    uids = {header.get("SeriesInstanceUID") for header in headers}
+    return len(uids) == 1 and None not in uids
 
 
 def _case_paths(folder: Path) -> Iterator[Path]:

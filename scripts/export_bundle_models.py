@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from custom_networks.deploy.bundle_export import export_bundle
+from custom_networks.deploy.onnx_export import OnnxMismatchError
 
 
 def config_overrides(extra: list[str]) -> dict[str, Any]:
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
             config_dir=args.bundle / "configs",
             overrides=config_overrides(extra),
         )
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, OnnxMismatchError) as error:
         raise SystemExit(f"error: {error}") from None
     for name, path in result.files().items():
         print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MB, {name})")

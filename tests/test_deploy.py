@@ -12,7 +12,7 @@ from monai.inferers import SlidingWindowInferer
 from monai.losses import DiceCELoss
 from monai.transforms import Lambdad
 
-from custom_networks.deploy.onnx_export import check_onnx_against_torch, export_onnx
+from custom_networks.deploy.onnx_export import OnnxMismatchError, check_onnx_against_torch, export_onnx
 from custom_networks.deploy.onnx_network import OnnxRuntimeNetwork
 from custom_networks.deploy.quantize import (
     calibration_batches_from_dataset,
@@ -71,6 +71,34 @@ def test_exported_fp32_matches_torch_at_two_batch_and_spatial_sizes(name, tmp_pa
     assert check_onnx_against_torch(net, path, inputs, atol=1e-4) <= 1e-4
 
 
+@pytest.mark.parametrize("name", ["CBAMUNet", "AttentionResUNet"])
+def test_the_check_scales_with_the_logits_and_compares_labels(name, tmp_path):
+    """Logits of magnitude ~100 (a trained network's) round by more than an absolute 1e-4 may allow; the check's
+    tolerance follows the output's scale. A model that computes something else is refused in one line."""
+    net = build(name)
+    with torch.no_grad():
+        net.head.weight.mul_(300.0)
+        net.head.bias.mul_(300.0)
+    path = export_onnx(net, tmp_path / "model.onnx", spatial_dims=2, in_channels=1, example_spatial_size=32)
+    torch.manual_seed(2)
+    inputs = [torch.randn(2, 1, 32, 32), torch.randn(1, 1, 48, 64)]
+    with torch.no_grad():
+        scale = max(float(net(x).abs().max()) for x in inputs)
+    assert scale > 50
+    assert check_onnx_against_torch(net, path, inputs) <= 1e-4 * scale
+
+    swapped = build(name)
+    with torch.no_grad():
+        swapped.head.weight.copy_(net.head.weight.flip(0))
+        swapped.head.bias.copy_(net.head.bias.flip(0))
+    with pytest.raises(OnnxMismatchError) as refused:
+        check_onnx_against_torch(swapped, path, inputs)
+    assert str(refused.value).startswith(f"ONNX model {path}, input shape (2, 1, 32, 32): max |onnx - torch|")
+    assert "\n" not in str(refused.value)
+    with pytest.raises(OnnxMismatchError, match=r"labels agree on .* below 100.00%"):
+        check_onnx_against_torch(swapped, path, inputs, rtol=1e9, min_label_agreement=1.0)
+
+
 def test_export_3d_and_io_names(tmp_path):
     net = build("AttentionResUNet", spatial_dims=3).train()
     path = export_onnx(net, tmp_path / "sub" / "model3d.onnx", spatial_dims=3, in_channels=1, example_spatial_size=8)
@@ -87,7 +115,8 @@ def test_check_against_torch_reports_the_difference(tmp_path):
     path = export_onnx(net, tmp_path / "model.onnx", 2, 1, 16)
     with torch.no_grad():
         net.head.bias += 0.01
-    with pytest.raises(RuntimeError, match=r"model\.onnx differs from torch by max \|diff\| = 0\.01 > atol"):
+    expected = r"model\.onnx, input shape \(1, 1, 16, 16\): max \|onnx - torch\| = 0\.01 > "
+    with pytest.raises(OnnxMismatchError, match=expected):
         check_onnx_against_torch(net, path, torch.randn(1, 1, 16, 16))
 
 

@@ -14,7 +14,7 @@ from monai.utils import ensure_tuple_rep
 
 from custom_networks.atomic_files import atomic_path
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "check_onnx_against_torch", "export_onnx"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "OnnxMismatchError", "check_onnx_against_torch", "export_onnx"]
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "pred"
@@ -75,27 +75,39 @@ def export_onnx(
     return path
 
 
+class OnnxMismatchError(RuntimeError):
+    """The exported ONNX model does not compute what the torch network computes; the message is one line."""
+
+
 def check_onnx_against_torch(
     net: torch.nn.Module,
     path: str | os.PathLike,
     inputs: torch.Tensor | Sequence[torch.Tensor],
-    atol: float = 1e-4,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+    min_label_agreement: float = 0.999,
 ) -> float:
     """
     Run ``net`` (eval mode) and the ONNX model at ``path`` on the same inputs and compare the outputs.
+
+    They agree when every ``|onnx - torch| <= atol + rtol * max|torch|`` (float rounding grows with the logits'
+    scale, so a trained network with logits of 100 differs by more than an untrained one with logits of 0.1) and
+    the labels (argmax over channels) are the same on at least ``min_label_agreement`` of the voxels.
 
     Args:
         net: the torch network the model was exported from.
         path: the ONNX model.
         inputs: one input tensor (B, C, *S) or several (e.g. different batch and spatial sizes).
-        atol: largest allowed absolute difference of any output element.
+        rtol: allowed difference relative to the largest torch output magnitude of each input.
+        atol: allowed absolute difference on top (for outputs near 0).
+        min_label_agreement: smallest share of voxels whose label must be the same.
 
     Returns:
         the largest absolute difference seen over all inputs.
 
     Raises:
-        RuntimeError: if an output shape differs or any difference exceeds ``atol``; the message gives the
-            file, the input shape and the maximum difference.
+        OnnxMismatchError: an output shape differs, a difference exceeds the tolerance, or the labels disagree;
+            the message gives the file, the input shape and the figures.
     """
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
@@ -108,16 +120,21 @@ def check_onnx_against_torch(
             with torch.no_grad():
                 expected = net(x.to(device)).float().cpu().numpy()
             actual = session.run(None, {input_name: x.detach().float().cpu().numpy()})[0]
+            where = f"ONNX model {path}, input shape {tuple(x.shape)}"
             if actual.shape != expected.shape:
-                raise RuntimeError(
-                    f"ONNX model {path}: output shape {actual.shape} != torch {expected.shape} "
-                    f"for input shape {tuple(x.shape)}."
-                )
+                raise OnnxMismatchError(f"{where}: output shape {actual.shape} != torch {expected.shape}")
             diff = float(np.abs(actual - expected).max())
-            if not diff <= atol:
-                raise RuntimeError(
-                    f"ONNX model {path} differs from torch by max |diff| = {diff:.3g} > atol = {atol:g} "
-                    f"for input shape {tuple(x.shape)}."
+            scale = float(np.abs(expected).max())
+            allowed = atol + rtol * scale
+            if not diff <= allowed:
+                raise OnnxMismatchError(
+                    f"{where}: max |onnx - torch| = {diff:.3g} > {allowed:.3g} "
+                    f"(atol {atol:g} + rtol {rtol:g} x output scale {scale:.3g})"
+                )
+            agreement = float(np.mean(actual.argmax(axis=1) == expected.argmax(axis=1)))
+            if agreement < min_label_agreement:
+                raise OnnxMismatchError(
+                    f"{where}: labels agree on {agreement:.2%} of the voxels, below {min_label_agreement:.2%}"
                 )
             worst = max(worst, diff)
     finally:

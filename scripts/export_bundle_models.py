@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="folder whose models/ holds model.pt and receives the exports (default: the bundle)")
     parser.add_argument("--dataset_dir", default=None, help="dataset of the training datalist (calibration images)")
     parser.add_argument("--calibration_samples", type=int, default=32, help="calibration images (default 32)")
+    parser.add_argument("--min_int8_agreement", type=float, default=0.99,
+                        help="share of held-out voxels whose int8 label must equal fp32's, else no int8 file "
+                             "(default 0.99)")
     args, extra = parser.parse_known_args(argv)
     try:
         result = export_bundle(
@@ -48,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
             dataset_dir=args.dataset_dir,
             config_dir=args.bundle / "configs",
             overrides=config_overrides(extra),
+            min_int8_agreement=args.min_int8_agreement,
         )
     except (FileNotFoundError, ValueError, OnnxMismatchError) as error:
         raise SystemExit(f"error: {error}") from None
@@ -55,6 +59,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MB, {name})")
     print(f"fp32 ONNX vs torch: max |diff| {result.onnx_max_abs_diff:.2e}; "
           f"static int8 calibrated on {result.calibration_samples} training images")
+    for name, check in result.int8_checks.items():
+        verdict = "written" if check.written else f"NOT written (below {args.min_int8_agreement:.1%})"
+        print(f"{name}: labels equal fp32's on {check.agreement:.2%} of the voxels of {check.images} held-out "
+              f"images (foreground Dice {check.dice:.3f}): {verdict}")
 
 
 if __name__ == "__main__":

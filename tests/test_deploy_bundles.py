@@ -27,7 +27,7 @@ from monai.data import load_net_with_metadata
 from PIL import Image
 
 from custom_networks.atomic_files import TEMP_PREFIX
-from custom_networks.deploy.bundle_export import export_bundle
+from custom_networks.deploy.bundle_export import export_bundle, int8_label_agreement
 from custom_networks.deploy.onnx_export import check_onnx_against_torch
 from custom_networks.deploy.onnx_network import OnnxRuntimeNetwork
 
@@ -203,6 +203,35 @@ def test_export_accepts_weights_whose_logits_are_large(trained_bundles, tmp_path
         scale = float(net(torch.rand(1, 3, 64, 64)).abs().max())
     assert scale > 50
     assert result.onnx.is_file() and result.onnx_max_abs_diff <= 1e-4 * scale
+
+
+def test_export_writes_no_int8_model_that_disagrees_with_fp32(runs, tmp_path):
+    """The export compares each int8 model with fp32 on held-out (validation) images and writes none below the
+    threshold, removing an earlier export of it; forced here by a threshold no model reaches."""
+    bundle = "chest_xray_lung_ag_min_aspp_unet"
+    info = runs["layout"][bundle]
+    shutil.copytree(info["root"] / "models", tmp_path / "models")
+    assert (tmp_path / "models" / "model_int8_static.onnx").is_file()  # from the earlier export
+    overrides = [arg for key, value in TINY_OVERRIDES[bundle].items() for arg in (f"--{key}", json.dumps(value))]
+    printed = export_cli([str(BUNDLES_DIR / bundle), "--bundle_root", str(tmp_path), "--dataset_dir",
+                          str(info["task"].root), "--calibration_samples", "2", "--min_int8_agreement", "1.01",
+                          *overrides])
+    models = sorted(path.name for path in (tmp_path / "models").iterdir())
+    assert models == ["model.onnx", "model.pt", "model.ts", "model_final.pt"]
+    refused = [line for line in printed.splitlines() if "NOT written" in line]
+    assert len(refused) == 2 and all("held-out images" in line for line in refused)
+    assert re.search(r"int8_static: labels equal fp32's on (9\d\.\d\d|100\.00)% of the voxels", printed)
+
+
+def test_int8_label_agreement_is_one_for_the_same_model_and_low_for_another(runs):
+    bundle = "lgg_mri_cbam_unet"
+    models = runs["layout"][bundle]["root"] / "models"
+    torch.manual_seed(3)
+    images = [np.random.default_rng(3).normal(size=(1, 3, 64, 64)).astype(np.float32)]
+    assert int8_label_agreement(models / "model.onnx", models / "model.onnx", images) == (1.0, 1.0)
+    other = runs["layout"]["lgg_mri_attention_res_unet"]["root"] / "models" / "model.onnx"
+    agreement, dice = int8_label_agreement(models / "model.onnx", other, images)
+    assert agreement < 0.99 or dice < 0.9
 
 
 def test_missing_checkpoint_stops_with_one_line(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,9 @@ from monai.networks import convert_to_torchscript
 from monai.transforms import Compose, ResizeWithPadOrCropd
 from monai.utils import ensure_tuple_rep
 
-from custom_networks.atomic_files import atomic_path
+from custom_networks.atomic_files import TEMP_PREFIX, atomic_path
 from custom_networks.deploy.onnx_export import check_onnx_against_torch, export_onnx
+from custom_networks.deploy.onnx_network import OnnxRuntimeNetwork
 from custom_networks.deploy.quantize import (
     calibration_batches_from_dataset,
     quantize_dynamic_int8,
@@ -27,26 +29,46 @@ from custom_networks.deploy.quantize import (
 )
 from custom_networks.errors import find_input_error
 
-__all__ = ["BundleExport", "export_bundle"]
+__all__ = ["BundleExport", "Int8Check", "export_bundle", "int8_label_agreement"]
 
 # ids tried in order for the deterministic preprocessing of the bundle's validation data in train.json
 _VALIDATION_PREPROCESSING_IDS = ("validate#preprocessing", "validate#dataset#transform")
 
 
 @dataclass(frozen=True)
+class Int8Check:
+    """How an int8 model's labels compare with the fp32 model's on held-out images, and whether it was written.
+
+    Attributes:
+        agreement: share of voxels whose label (argmax over channels) is the fp32 model's.
+        dice: Dice of the int8 and fp32 foreground (label > 0) masks; 1 when both are empty.
+        images: number of held-out images compared.
+        written: the agreement reached the threshold, so the model was written.
+    """
+
+    agreement: float
+    dice: float
+    images: int
+    written: bool
+
+
+@dataclass(frozen=True)
 class BundleExport:
-    """Files written by ``export_bundle`` and how closely the fp32 ONNX model matched torch."""
+    """Files written by ``export_bundle``, how closely the fp32 ONNX model matched torch, and the int8 checks
+    (an int8 model below the agreement threshold is not written: its path is None)."""
 
     torchscript: Path
     onnx: Path
-    int8_dynamic: Path
-    int8_static: Path
+    int8_dynamic: Path | None
+    int8_static: Path | None
     onnx_max_abs_diff: float
     calibration_samples: int
+    int8_checks: dict[str, Int8Check]
 
     def files(self) -> dict[str, Path]:
-        return {"torchscript": self.torchscript, "onnx": self.onnx, "int8_dynamic": self.int8_dynamic,
-                "int8_static": self.int8_static}
+        files = {"torchscript": self.torchscript, "onnx": self.onnx, "int8_dynamic": self.int8_dynamic,
+                 "int8_static": self.int8_static}
+        return {name: path for name, path in files.items() if path is not None}
 
 
 def export_bundle(
@@ -57,6 +79,8 @@ def export_bundle(
     overrides: Mapping[str, Any] | None = None,
     rtol: float = 1e-4,
     atol: float = 1e-5,
+    min_int8_agreement: float = 0.99,
+    held_out_samples: int = 16,
 ) -> BundleExport:
     """
     Write ``model.ts``, ``model.onnx``, ``model_int8_dynamic.onnx`` and ``model_int8_static.onnx`` into
@@ -75,8 +99,10 @@ too); the int8 models follow
     (``validate#preprocessing``), each padded or centre-cropped to the bundle's ``spatial_size`` (else the
     metadata's input ``spatial_shape``): that is what the sliding-window inferer feeds the network (windows of
     ``spatial_size``, zero-padded when the image is smaller). The ONNX model is traced at that size too, and the
-    first two of these images serve for the ONNX and TorchScript checks. Every file is written under a temporary
-    name and renamed.
+    first two of these images serve for the ONNX and TorchScript checks. Each int8 model is then compared with the
+    fp32 ONNX model on up to ``held_out_samples`` images it was not calibrated on (the validation split, same
+    preprocessing and window) and written only if its labels agree on at least ``min_int8_agreement`` of the
+    voxels. Every file is written under a temporary name and renamed.
 
     Args:
         bundle_root: bundle folder holding ``models/model.pt``; the exports are written beside it.
@@ -89,14 +115,16 @@ too); the int8 models follow
         rtol: allowed difference of the fp32 ONNX (and TorchScript) outputs from torch, relative to the output's
             scale (float rounding grows with the logits of a trained network).
         atol: allowed absolute difference on top.
+        min_int8_agreement: smallest share of held-out voxels on which an int8 model's labels must equal fp32's.
+        held_out_samples: number of validation images the int8 models are checked on.
 
     Returns:
         the written paths, the largest ONNX-torch difference seen and the number of calibration images.
 
     Raises:
         FileNotFoundError: the checkpoint or ``dataset_dir`` is missing (one line naming it).
-        ValueError: the training datalist is unusable (one line naming the file, from the bundle's input
-            checks), or it yields no image.
+        ValueError: the training or validation datalist is unusable (one line naming the file, from the bundle's
+            input checks), or it yields no image.
         OnnxMismatchError: the fp32 ONNX model differs from torch beyond the tolerance or in its labels.
         AssertionError: the TorchScript module differs from torch beyond the tolerance (MONAI's check).
     """
@@ -120,7 +148,8 @@ too); the int8 models follow
     net.eval()
 
     train = _parser(config_dir, "train.json", {**shared, **({"dataset_dir": str(dataset_dir)} if dataset_dir else {})})
-    calibration = _calibration_images(train, roi_size, calibration_samples)
+    calibration = _window_images(train, "train#dataset#data", roi_size, calibration_samples)
+    held_out = _window_images(train, "validate#dataset#data", roi_size, held_out_samples)
     checks = [torch.from_numpy(calibration[0]), torch.from_numpy(np.concatenate(calibration[:2]))]
 
     torchscript = models / "model.ts"
@@ -136,9 +165,40 @@ too); the int8 models follow
 
     onnx_path = export_onnx(net, models / "model.onnx", spatial_dims, in_channels, roi_size)
     max_diff = check_onnx_against_torch(net, onnx_path, checks, rtol=rtol, atol=atol)
-    dynamic = quantize_dynamic_int8(onnx_path, models / "model_int8_dynamic.onnx")
-    static = quantize_static_int8(onnx_path, models / "model_int8_static.onnx", calibration)
-    return BundleExport(torchscript, onnx_path, dynamic, static, max_diff, len(calibration))
+    checks: dict[str, Int8Check] = {}
+    with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX, dir=models) as unverified:
+        candidates = {
+            "int8_dynamic": quantize_dynamic_int8(onnx_path, Path(unverified) / "model_int8_dynamic.onnx"),
+            "int8_static": quantize_static_int8(onnx_path, Path(unverified) / "model_int8_static.onnx", calibration),
+        }
+        written: dict[str, Path | None] = {}
+        for name, candidate in candidates.items():
+            agreement, dice = int8_label_agreement(onnx_path, candidate, held_out)
+            checks[name] = Int8Check(agreement, dice, len(held_out), agreement >= min_int8_agreement)
+            final = models / candidate.name
+            final.unlink(missing_ok=True)  # never leave an earlier export beside a refused one
+            written[name] = final if checks[name].written else None
+            if checks[name].written:
+                os.replace(candidate, final)
+    return BundleExport(torchscript, onnx_path, written["int8_dynamic"], written["int8_static"], max_diff,
+                        len(calibration), checks)
+
+
+def int8_label_agreement(
+    fp32_path: str | os.PathLike, int8_path: str | os.PathLike, images: list[np.ndarray]
+) -> tuple[float, float]:
+    """Share of voxels whose label (argmax over channels) the int8 model gives as the fp32 one does, and the
+    Dice of their foreground (label > 0) masks, over ``images`` (each (1, C, *S))."""
+    fp32, int8 = OnnxRuntimeNetwork(fp32_path), OnnxRuntimeNetwork(int8_path)
+    same = total = overlap = foreground = 0
+    for image in images:
+        x = torch.from_numpy(image)
+        expected, labels = fp32(x).argmax(dim=1), int8(x).argmax(dim=1)
+        same += int((expected == labels).sum())
+        total += expected.numel()
+        overlap += int(((expected > 0) & (labels > 0)).sum())
+        foreground += int((expected > 0).sum() + (labels > 0).sum())
+    return same / total, 2.0 * overlap / foreground if foreground else 1.0
 
 
 def _parser(config_dir: Path, config_name: str, overrides: Mapping[str, Any]) -> ConfigParser:
@@ -149,13 +209,16 @@ def _parser(config_dir: Path, config_name: str, overrides: Mapping[str, Any]) ->
     return parser
 
 
-def _calibration_images(train: ConfigParser, roi_size: tuple[int, ...], max_samples: int) -> list[np.ndarray]:
-    """Training images through the validation preprocessing, at the inferer's window size, as (1, C, *S)."""
+def _window_images(
+    train: ConfigParser, datalist_id: str, roi_size: tuple[int, ...], max_samples: int
+) -> list[np.ndarray]:
+    """Images of datalist ``datalist_id`` through the validation preprocessing, at the inferer's window size, as
+    (1, C, *S)."""
     dataset_dir = Path(train.get_parsed_content("dataset_dir"))
     if not dataset_dir.is_dir():
         raise FileNotFoundError(f"{dataset_dir}: dataset_dir not found (pass dataset_dir / --dataset_dir).")
     try:
-        items = train.get_parsed_content("train#dataset#data")
+        items = train.get_parsed_content(datalist_id)
     except RuntimeError as error:
         # MONAI's config parser wraps the datalist check's BundleInputError; raise that one
         found = find_input_error(error)
@@ -168,5 +231,5 @@ def _calibration_images(train: ConfigParser, roi_size: tuple[int, ...], max_samp
     transform = Compose([train.get_parsed_content(preprocessing_id), ResizeWithPadOrCropd("image", roi_size)])
     images = calibration_batches_from_dataset(Dataset(items, transform), key="image", max_samples=max_samples)
     if not images:
-        raise ValueError(f"{dataset_dir}: the training datalist yields no calibration image.")
+        raise ValueError(f"{dataset_dir}: the datalist {datalist_id} yields no image.")
     return images

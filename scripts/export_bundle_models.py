@@ -3,10 +3,14 @@
     python scripts/export_bundle_models.py bundles/lgg_mri_cbam_unet --dataset_dir /data/lgg
 
 Reads models/model.pt under --bundle_root (default: the bundle folder) and writes model.ts, model.onnx,
-model_int8_dynamic.onnx and model_int8_static.onnx beside it; the static model is calibrated on the training
-datalist under --dataset_dir. Further ``--<config id> <value>`` pairs override the bundle configs as on the
-bundle CLI (values are read as JSON when they parse), e.g. ``--network_def#features "[16, 32, 64, 128]"`` for a
-network trained at other widths.
+model_int8_dynamic.onnx and two static int8 models beside it, calibrated on the training datalist under
+--dataset_dir: model_int8_static.onnx (int8 weights: x86 with VNNI, ARM) and
+model_int8_static_uint8_weights.onnx (x86 without VNNI); inference picks the one this CPU computes exactly. Each
+int8 model is compared with fp32 on the validation images and written only if their labels agree on at least
+--min_int8_agreement of the voxels; int8_verification.json records the checks and the checkpoint's SHA-256.
+
+Further ``--<config id> <value>`` pairs override the bundle configs as on the bundle CLI (values are read as JSON
+when they parse), e.g. ``--network_def#features "[16, 32, 64, 128]"`` for a network trained at other widths.
 """
 
 from __future__ import annotations

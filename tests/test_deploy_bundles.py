@@ -34,7 +34,8 @@ from custom_networks.deploy.onnx_network import OnnxRuntimeNetwork
 from conftest import BUNDLES, BUNDLES_DIR, REPO, TINY_OVERRIDES, cli_args, run_cli, run_in_process
 
 EXPORT_SCRIPT = REPO / "scripts" / "export_bundle_models.py"
-MODEL_FILES = ("model.ts", "model.onnx", "model_int8_dynamic.onnx", "model_int8_static.onnx")
+INT8_FILES = ("model_int8_dynamic.onnx", "model_int8_static.onnx", "model_int8_static_uint8_weights.onnx")
+MODEL_FILES = ("model.ts", "model.onnx", *INT8_FILES)
 # the bundle whose ONNX inference runs through the CLI, and the one also run with the fp32 ONNX model
 CLI_BUNDLE = "chest_xray_lung_ag_min_aspp_unet"
 FP32_BUNDLE = "lgg_mri_cbam_unet"
@@ -134,13 +135,28 @@ def test_fp32_onnx_and_torchscript_match_the_trained_network(runs, bundle):
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_int8_models_are_quantized_and_run(runs, bundle):
     models = runs["layout"][bundle]["root"] / "models"
-    ops = {name: {node.op_type for node in onnx.load(str(models / name)).graph.node}
-           for name in ("model.onnx", "model_int8_dynamic.onnx", "model_int8_static.onnx")}
+    graphs = {name: onnx.load(str(models / name)).graph for name in ("model.onnx", *INT8_FILES)}
+    ops = {name: {node.op_type for node in graph.node} for name, graph in graphs.items()}
     assert not ops["model.onnx"] & {"QuantizeLinear", "ConvInteger", "DynamicQuantizeLinear"}
     assert {"DynamicQuantizeLinear", "ConvInteger"} <= ops["model_int8_dynamic.onnx"]
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops["model_int8_static.onnx"]
+    for name, weight_type in (("model_int8_static.onnx", onnx.TensorProto.INT8),
+                              ("model_int8_static_uint8_weights.onnx", onnx.TensorProto.UINT8)):
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops[name]
+        graph = graphs[name]
+        initializers = {init.name: init for init in graph.initializer}
+        producers = {out: node for node in graph.node for out in node.output}
+        convs = [node for node in graph.node if node.op_type == "Conv"]
+        # the convs that read the image keep float weights; every other conv reads dequantized integer weights
+        first = [conv for conv in convs if conv.input[0] == graph.input[0].name]
+        assert first and all(initializers[conv.input[1]].data_type == onnx.TensorProto.FLOAT for conv in first)
+        for conv in convs:
+            if conv in first:
+                continue
+            weight = producers[conv.input[1]]
+            assert weight.op_type == "DequantizeLinear", (name, conv.name)
+            assert initializers[weight.input[0]].data_type == weight_type, (name, conv.name)
     x = torch.randn(1, in_channels(bundle), 64, 96)
-    for name in ("model_int8_dynamic.onnx", "model_int8_static.onnx"):
+    for name in INT8_FILES:
         y = OnnxRuntimeNetwork(models / name)(x)
         assert y.shape == (1, 2, 64, 96) and torch.isfinite(y).all()
 
@@ -217,9 +233,11 @@ def test_export_writes_no_int8_model_that_disagrees_with_fp32(runs, tmp_path):
                           str(info["task"].root), "--calibration_samples", "2", "--min_int8_agreement", "1.01",
                           *overrides])
     models = sorted(path.name for path in (tmp_path / "models").iterdir())
-    assert models == ["model.onnx", "model.pt", "model.ts", "model_final.pt"]
+    assert models == ["int8_verification.json", "model.onnx", "model.pt", "model.ts", "model_final.pt"]
+    record = json.loads((tmp_path / "models" / "int8_verification.json").read_text())
+    assert not any(check["written"] for check in record["models"].values())
     refused = [line for line in printed.splitlines() if "NOT written" in line]
-    assert len(refused) == 2 and all("held-out images" in line for line in refused)
+    assert len(refused) == 3 and all("held-out images" in line for line in refused)
     assert re.search(r"int8_static: labels equal fp32's on (9\d\.\d\d|100\.00)% of the voxels", printed)
 
 
@@ -250,7 +268,7 @@ def test_missing_or_broken_dataset_stops_before_writing(runs, tmp_path):
     bundle = "lgg_mri_cbam_unet"
     root = tmp_path / "bundle_root"
     shutil.copytree(runs["layout"][bundle]["root"] / "models", root / "models",
-                    ignore=shutil.ignore_patterns("*.onnx", "*.ts"))
+                    ignore=shutil.ignore_patterns("*.onnx", "*.ts", "*.json"))
     absent = tmp_path / "absent"
     with pytest.raises(FileNotFoundError, match=re.escape(f"{absent}: dataset_dir not found")):
         export_bundle(root, dataset_dir=absent, config_dir=configs_of(bundle), overrides=TINY_OVERRIDES[bundle])
@@ -281,9 +299,27 @@ def test_int8_models_agree_with_fp32_on_the_demo_validation_data(runs, bundle):
     net = trained_network(runs, bundle)
     with torch.no_grad():
         fp32 = [inferer(image, net).argmax(dim=1) for image in images]
-    for name in ("model_int8_dynamic.onnx", "model_int8_static.onnx"):
+    for name in INT8_FILES:
         int8 = OnnxRuntimeNetwork(info["root"] / "models" / name)
         labels = [inferer(image, int8).argmax(dim=1) for image in images]
         agreeing = sum(int((label == ref).sum()) for label, ref in zip(labels, fp32, strict=True))
         share = agreeing / sum(ref.numel() for ref in fp32)
         assert share >= 0.99, f"{bundle} {name}: {share:.2%} of pixels agree with fp32"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_int8_masks_agree_with_torch_on_unseen_cases_through_the_clinical_pipeline(runs, bundle):
+    """The int8 model this CPU picks (``inference_onnx.json``'s default) labels the cases of the folder to segment
+    (test images the export never saw, a 3D volume slice by slice for two bundles) as torch does on at least
+    99 % of their voxels."""
+    info = runs["layout"][bundle]
+    names = sorted(path.name for path in info["torch"].glob("*_seg.*"))
+    assert names and names == sorted(path.name for path in info["onnx"].glob("*_seg.*"))
+    same = total = 0
+    for name in names:
+        if name.endswith(".nii.gz"):
+            expected, actual = (np.asarray(nib.load(info[kind] / name).dataobj) for kind in ("torch", "onnx"))
+        else:
+            expected, actual = (np.asarray(Image.open(info[kind] / name)) for kind in ("torch", "onnx"))
+        same, total = same + int((expected == actual).sum()), total + expected.size
+    assert same / total >= 0.99, f"{bundle}: {same / total:.2%} of the voxels agree"

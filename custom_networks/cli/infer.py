@@ -2,6 +2,10 @@
 Segment a file or a folder of cases with a bundle: the bundle's own configs/inference.json (plus
 inference_onnx.json for --model onnx/int8, plus demo.json for --demo) run as `python -m monai.bundle run` runs it.
 
+On the CPU the default model (--model auto) is the static int8 ONNX model when scripts/export_bundle_models.py
+verified one for the bundle's models/model.pt (same SHA-256; int8_verification.json), picking the file whose
+integer products this CPU computes exactly; otherwise, and on CUDA, the torch checkpoint. --model torch goes back.
+
 Each NIfTI file, DICOM series folder, DICOM radiograph and PNG/JPG/TIFF image is one case. Per case the output
 folder gets the mask with the input's geometry, a DICOM SEG for DICOM input and, with --overlays, an overlay PNG;
 run_summary.csv / .json list every case with its outcome. A bad case is reported and the others go on.
@@ -24,12 +28,14 @@ from custom_networks.errors import InputError
 
 __all__ = ["MODEL_FILES", "add_arguments", "bundle_folder", "config_ids", "run"]
 
-# --model -> the model file in <bundle>/models/ and the config override that points at it
+# --model -> the model file in <bundle>/models/ and the config override that points at it (int8: the file is
+# chosen for this CPU, see custom_networks.deploy.int8_models)
 MODEL_FILES = {
     "torch": ("model.pt", "ckpt_path"),
     "onnx": ("model.onnx", "onnx_model"),
     "int8": ("model_int8_static.onnx", "onnx_model"),
 }
+CHECKPOINT = MODEL_FILES["torch"][0]
 DEMO_WEIGHTS = "demo_model.pt"
 REPOSITORY_BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 
@@ -40,8 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, type=Path, help="folder for masks, SEGs, overlays, summary")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the network runs (default: cuda when available, else cpu)")
-    parser.add_argument("--model", choices=tuple(MODEL_FILES), default="torch",
-                        help="torch checkpoint, fp32 ONNX or static int8 ONNX (from scripts/export_bundle_models.py)")
+    parser.add_argument("--model", choices=("auto", *MODEL_FILES), default="auto",
+                        help="torch checkpoint, fp32 ONNX or static int8 ONNX (from scripts/export_bundle_models.py);"
+                             " auto (default): int8 on the CPU when the export verified it for models/model.pt, "
+                             "else torch")
     parser.add_argument("--weights", type=Path, help="model file to use instead of the one in <bundle>/models/")
     parser.add_argument("--demo", action="store_true",
                         help="the bundle's shipped demo weights (configs/demo.json): a pipeline check, not for "
@@ -99,11 +107,27 @@ def _overrides_from_set(pairs: list[str], known: set[str]) -> dict:
     return overrides
 
 
+def _resolve_model(args: argparse.Namespace, bundle: Path, on_cuda: bool) -> str:
+    """What ``--model auto`` means here: int8 on the CPU for a checkpoint the export verified it for."""
+    if args.model != "auto":
+        return args.model
+    if on_cuda or args.demo or args.weights is not None:
+        return "torch"
+    from custom_networks.deploy.int8_models import verified_int8_model
+
+    checkpoint = bundle / "models" / CHECKPOINT
+    return "int8" if checkpoint.is_file() and verified_int8_model(bundle / "models", checkpoint) else "torch"
+
+
 def _model_file(args: argparse.Namespace, bundle: Path) -> tuple[str, Path]:
     name, config_id = MODEL_FILES[args.model]
     if args.demo and args.model == "torch":
         name = DEMO_WEIGHTS
     path = args.weights or bundle / "models" / name
+    if args.model == "int8" and args.weights is None:
+        from custom_networks.deploy.int8_models import int8_model_for_this_cpu
+
+        path = Path(int8_model_for_this_cpu(bundle / "models"))
     if not path.is_file():
         ways = ("train the bundle (configs/train.json writes models/model.pt), use --demo where the bundle ships "
                 "demo weights, or pass --weights")
@@ -113,7 +137,7 @@ def _model_file(args: argparse.Namespace, bundle: Path) -> tuple[str, Path]:
     return config_id, path.resolve()
 
 
-def _print_table(summary: Path) -> int:
+def _print_table(summary: Path, model: str, model_file: Path) -> int:
     cases = json.loads(summary.read_text())["cases"]
     failed = [case for case in cases if case["status"] != "ok"]
     width = max([len(case["case"]) for case in cases] + [4])
@@ -121,7 +145,8 @@ def _print_table(summary: Path) -> int:
     for case in cases:
         detail = ", ".join(case["outputs"]) if case["status"] == "ok" else case["message"]
         print(f"{case['case'].ljust(width)}  {case['status'].ljust(6)}  {detail}")
-    print(f"\n{len(cases) - len(failed)} case(s) ok, {len(failed)} failed; summary: {summary}")
+    print(f"\n{len(cases) - len(failed)} case(s) ok, {len(failed)} failed; model: {model} ({model_file}); "
+          f"summary: {summary}")
     return 1 if failed else 0
 
 
@@ -134,6 +159,12 @@ def run(args: argparse.Namespace) -> int:
         configs.append(bundle / "configs" / "demo.json")
         if not configs[-1].is_file():
             raise InputError(f"--demo: {bundle.name} ships no demo weights (no configs/demo.json)")
+    import torch  # the heavy imports wait until the options are known to be good
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: this torch build or machine has no CUDA device; use --device cpu")
+    on_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    args.model = _resolve_model(args, bundle, on_cuda)
     if args.model != "torch":
         configs.append(bundle / "configs" / "inference_onnx.json")
     config_id, model = _model_file(args, bundle)
@@ -146,12 +177,9 @@ def run(args: argparse.Namespace) -> int:
         config_id: str(model),
     }
 
-    import torch  # the heavy imports wait until the options are known to be good
     from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: this torch build or machine has no CUDA device; use --device cpu")
     if args.device != "auto":
         overrides["device"] = f"$torch.device('{args.device}')"
     print(f"{bundle.name}: {args.model} model {model} on {args.input}", flush=True)
@@ -174,4 +202,4 @@ def run(args: argparse.Namespace) -> int:
 
     workflow.run()
     workflow.finalize()
-    return _print_table(args.output.resolve() / "run_summary.json")
+    return _print_table(args.output.resolve() / "run_summary.json", args.model, model)

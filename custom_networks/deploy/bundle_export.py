@@ -1,4 +1,4 @@
-"""Export a trained bundle's network to TorchScript, fp32 ONNX and two int8 ONNX models in its ``models/`` folder."""
+"""Export a trained bundle's network to TorchScript, fp32 ONNX and three int8 ONNX models in its ``models/`` folder."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from monai.transforms import Compose, ResizeWithPadOrCropd
 from monai.utils import ensure_tuple_rep
 
 from custom_networks.atomic_files import TEMP_PREFIX, atomic_path
+from custom_networks.deploy.int8_models import INT8_MODEL_FILES, VERIFICATION_FILE, file_sha256
 from custom_networks.deploy.onnx_export import check_onnx_against_torch, export_onnx
 from custom_networks.deploy.onnx_network import OnnxRuntimeNetwork
 from custom_networks.deploy.quantize import (
@@ -61,13 +62,14 @@ class BundleExport:
     onnx: Path
     int8_dynamic: Path | None
     int8_static: Path | None
+    int8_static_uint8_weights: Path | None
     onnx_max_abs_diff: float
     calibration_samples: int
     int8_checks: dict[str, Int8Check]
 
     def files(self) -> dict[str, Path]:
         files = {"torchscript": self.torchscript, "onnx": self.onnx, "int8_dynamic": self.int8_dynamic,
-                 "int8_static": self.int8_static}
+                 "int8_static": self.int8_static, "int8_static_uint8_weights": self.int8_static_uint8_weights}
         return {name: path for name, path in files.items() if path is not None}
 
 
@@ -83,8 +85,10 @@ def export_bundle(
     held_out_samples: int = 16,
 ) -> BundleExport:
     """
-    Write ``model.ts``, ``model.onnx``, ``model_int8_dynamic.onnx`` and ``model_int8_static.onnx`` into
-    ``<bundle_root>/models/`` from the trained checkpoint ``<bundle_root>/models/model.pt``.
+    Write ``model.ts``, ``model.onnx``, ``model_int8_dynamic.onnx``, ``model_int8_static.onnx`` and
+    ``model_int8_static_uint8_weights.onnx`` into ``<bundle_root>/models/`` from the trained checkpoint
+    ``<bundle_root>/models/model.pt``, and ``int8_verification.json``: the checkpoint's SHA-256 and each int8
+    model's agreement with fp32 (the command line runs int8 by default only for that checkpoint).
 
     The network is ``network_def`` of ``inference.json`` (with ``overrides``, e.g. ``{"network_def#features":
     [8, 16, 32]}`` for a network trained at reduced widths) loaded with the checkpoint. TorchScript goes the way
@@ -92,7 +96,8 @@ def export_bundle(
     ``save_net_with_metadata`` with the bundle's metadata and ``inference.json``. The ONNX model has dynamic batch
     and spatial axes and is checked against torch (within ``atol + rtol * output scale``, labels compared
 too); the int8 models follow
-    ``custom_networks.deploy.quantize``.
+    ``custom_networks.deploy.quantize`` (the two static ones differ in weight type; ``int8_models`` says which
+    one a CPU runs exactly).
 
     Static quantization is calibrated on images of the training datalist of ``train.json``
     (``train#dataset#data``, under ``dataset_dir``) through the bundle's validation preprocessing
@@ -167,9 +172,15 @@ too); the int8 models follow
     max_diff = check_onnx_against_torch(net, onnx_path, checks, rtol=rtol, atol=atol)
     checks: dict[str, Int8Check] = {}
     with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX, dir=models) as unverified:
+        unverified = Path(unverified)
         candidates = {
-            "int8_dynamic": quantize_dynamic_int8(onnx_path, Path(unverified) / "model_int8_dynamic.onnx"),
-            "int8_static": quantize_static_int8(onnx_path, Path(unverified) / "model_int8_static.onnx", calibration),
+            "int8_dynamic": quantize_dynamic_int8(onnx_path, unverified / "model_int8_dynamic.onnx"),
+            **{
+                f"int8_static{'' if weights == 'int8' else '_uint8_weights'}": quantize_static_int8(
+                    onnx_path, unverified / name, calibration, weight_type=weights
+                )
+                for weights, name in INT8_MODEL_FILES.items()
+            },
         }
         written: dict[str, Path | None] = {}
         for name, candidate in candidates.items():
@@ -180,8 +191,24 @@ too); the int8 models follow
             written[name] = final if checks[name].written else None
             if checks[name].written:
                 os.replace(candidate, final)
-    return BundleExport(torchscript, onnx_path, written["int8_dynamic"], written["int8_static"], max_diff,
-                        len(calibration), checks)
+    _write_verification(models / VERIFICATION_FILE, checkpoint, candidates, checks, min_int8_agreement)
+    return BundleExport(torchscript, onnx_path, written["int8_dynamic"], written["int8_static"],
+                        written["int8_static_uint8_weights"], max_diff, len(calibration), checks)
+
+
+def _write_verification(
+    path: Path, checkpoint: Path, candidates: dict[str, Path], checks: dict[str, Int8Check], threshold: float
+) -> None:
+    """What the export checked, for ``int8_models.verified_int8_model``: the checkpoint's hash and, per int8
+    model file, its agreement and Dice with fp32 on the held-out images and whether it was written."""
+    record = {
+        "checkpoint": checkpoint.name,
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "min_int8_agreement": threshold,
+        "models": {candidates[name].name: asdict(check) for name, check in checks.items()},
+    }
+    with atomic_path(path) as partial:
+        partial.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def int8_label_agreement(

@@ -22,6 +22,8 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from custom_networks.data import demo
 from custom_networks.data.datalist import build_datalist, write_datalist
 
+from orthanc_server import OrthancServer, free_port, orthanc_available
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES_DIR = REPO / "bundles"
 BUNDLES = (
@@ -289,3 +291,21 @@ def trained_bundles(demo_data, tmp_path_factory) -> TrainedBundles:
         infer = {**trained.overrides, "dataset_dir": str(trained.task.infer_dir), "output_dir": str(trained.masks)}
         run_in_process(bundle, ["inference.json"], infer, workflow_type="infer")
     return TrainedBundles(bundles, cli_result, mlflow_db)
+
+
+# AE title of this project's own DICOM node (batch job, MONAI Label) as the test Orthanc knows it
+CLIENT_AET = "ATTUNETS"
+
+
+@pytest.fixture
+def orthanc(tmp_path) -> OrthancServer:
+    """A real Orthanc on 127.0.0.1 (authentication on) that accepts DIMSE requests from ``CLIENT_AET`` at
+    ``orthanc.client_port`` (free for the test's own storage SCP); stopped after the test."""
+    if not orthanc_available():
+        pytest.fail("Orthanc is not installed: apt-get install orthanc orthanc-dicomweb (.ci/run does)")
+    client_port = free_port()
+    server = OrthancServer(tmp_path / "orthanc", modalities={CLIENT_AET: (CLIENT_AET, "127.0.0.1", client_port)})
+    server.client_aet = CLIENT_AET
+    server.client_port = client_port
+    with server:
+        yield server

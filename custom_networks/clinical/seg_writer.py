@@ -16,6 +16,7 @@ from monai.data import FolderLayout, MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import MetaKeys
 from pydicom.sr.codedict import codes
+from pydicom.uid import UID, generate_uid
 
 from custom_networks.atomic_files import atomic_path
 from custom_networks.clinical.meta import (
@@ -26,10 +27,44 @@ from custom_networks.clinical.meta import (
     SOURCE_FILES_KEY,
 )
 
-__all__ = ["SaveDicomSegd"]
+__all__ = ["SaveDicomSegd", "SegUids", "deterministic_seg_uids"]
 
 _AFFINE_TOLERANCE = 1e-3
 _CODE_FIELDS = ("value", "scheme", "meaning")
+
+
+@dataclass(frozen=True)
+class SegUids:
+    """The UIDs of one SEG: its series, its SOP instance and the tracking UID of each segment (by segment number)."""
+
+    series_uid: UID
+    sop_uid: UID
+    tracking_uids: tuple[UID, ...]
+
+
+def deterministic_seg_uids(
+    source_series_uid: str, algorithm_name: str, algorithm_version: str, weights_sha256: str, n_segments: int
+) -> SegUids:
+    """UIDs derived from what makes a result (source series, algorithm, its version and weights): the same inputs
+    give the same SEG UIDs, so storing a result again replaces it on a PACS instead of adding a second copy.
+
+    Args:
+        source_series_uid: SeriesInstanceUID of the segmented series.
+        algorithm_name: the bundle name.
+        algorithm_version: the bundle version.
+        weights_sha256: SHA-256 (hex) of the model file.
+        n_segments: number of segments (one tracking UID each).
+    """
+    seed = [source_series_uid, algorithm_name, str(algorithm_version), weights_sha256]
+
+    def derive(*what: str) -> UID:
+        return generate_uid(entropy_srcs=[*seed, *what])
+
+    return SegUids(
+        derive("seg series"),
+        derive("seg instance"),
+        tuple(derive("segment", str(number)) for number in range(1, n_segments + 1)),
+    )
 
 
 @contextmanager
@@ -72,6 +107,9 @@ class SaveDicomSegd(MapTransform):
         segmentation_type: ``"BINARY"`` (widely supported) or ``"LABELMAP"``.
         manufacturer: written as Manufacturer of the SEG.
         series_number: SeriesNumber of the SEG.
+        weights_sha256: SHA-256 of the model file; when given, the SEG's series, instance and tracking UIDs are
+            derived from it, the source SeriesInstanceUID and the algorithm name and version
+            (:func:`deterministic_seg_uids`), so a repeated run writes the same UIDs; ``None``: new random UIDs.
         allow_missing_keys: do not raise for absent keys.
 
     Raises:
@@ -93,6 +131,7 @@ class SaveDicomSegd(MapTransform):
         segmentation_type: str = "BINARY",
         manufacturer: str = "custom_networks",
         series_number: int = 9001,
+        weights_sha256: str | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -106,6 +145,7 @@ class SaveDicomSegd(MapTransform):
         self.segment_codes = _parse_segment_codes(self.labels, segment_codes)
         self.manufacturer = manufacturer
         self.series_number = series_number
+        self.weights_sha256 = weights_sha256
         self.layout = FolderLayout(
             output_dir, postfix=output_postfix, extension=".dcm", parent=separate_folder, data_root_dir=data_root_dir
         )
@@ -128,21 +168,28 @@ class SaveDicomSegd(MapTransform):
         sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in source_meta[SOURCE_FILES_KEY]]
         frames = self._frames(label, source_meta, sources)
         with _quiet_highdicom():
-            segmentation = self._segmentation(sources, frames)
+            segmentation = self._segmentation(sources, frames, self._uids(str(sources[0].SeriesInstanceUID)))
         path = str(self.layout.filename(subject=source_meta["filename_or_obj"]))
         with atomic_path(path) as temporary:
             segmentation.save_as(temporary)
         return path
 
-    def _segmentation(self, sources: list[pydicom.Dataset], frames: np.ndarray) -> hd.seg.Segmentation:
+    def _uids(self, source_series_uid: str) -> SegUids:
+        if self.weights_sha256 is None:
+            return SegUids(hd.UID(), hd.UID(), tuple(hd.UID() for _ in self.labels))
+        return deterministic_seg_uids(
+            source_series_uid, self.algorithm_name, self.algorithm_version, self.weights_sha256, len(self.labels)
+        )
+
+    def _segmentation(self, sources: list[pydicom.Dataset], frames: np.ndarray, uids: SegUids) -> hd.seg.Segmentation:
         segmentation = hd.seg.Segmentation(
             source_images=sources,
             pixel_array=frames,
             segmentation_type=self.segmentation_type,
-            segment_descriptions=self._segment_descriptions(),
-            series_instance_uid=hd.UID(),
+            segment_descriptions=self._segment_descriptions(uids.tracking_uids),
+            series_instance_uid=uids.series_uid,
             series_number=self.series_number,
-            sop_instance_uid=hd.UID(),
+            sop_instance_uid=uids.sop_uid,
             instance_number=1,
             manufacturer=self.manufacturer,
             manufacturer_model_name=self.algorithm_name,
@@ -183,7 +230,7 @@ class SaveDicomSegd(MapTransform):
             return False
         return not np.allclose(label.affine.cpu().numpy(), np.asarray(original), atol=_AFFINE_TOLERANCE)
 
-    def _segment_descriptions(self) -> list[hd.seg.SegmentDescription]:
+    def _segment_descriptions(self, tracking_uids: Sequence[str]) -> list[hd.seg.SegmentDescription]:
         algorithm = hd.AlgorithmIdentificationSequence(
             name=self.algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=self.algorithm_version
         )
@@ -199,7 +246,7 @@ class SaveDicomSegd(MapTransform):
                     segmented_property_type=coded.type,
                     algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                     algorithm_identification=algorithm,
-                    tracking_uid=hd.UID(),
+                    tracking_uid=tracking_uids[number - 1],
                     tracking_id=f"{name} {number}",
                     display_color=coded.display_color,
                 )

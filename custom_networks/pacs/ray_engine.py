@@ -1,0 +1,259 @@
+"""``--engine ray``: the same batch job on a Ray cluster, an actor pool with the bundle's model loaded once per actor.
+
+Each actor builds one :class:`~custom_networks.pacs.processor.SeriesProcessor` from the job's
+:class:`~custom_networks.pacs.processor.ProcessorSpec` (so the model loads once per actor, wherever it runs) and
+does retrieve, infer, store and verify for the series it is handed. The driver (the job's own process) alone owns
+the ledger and the report: it calls ``book.start`` before handing a series out, applies the stage events actors
+send back through a Ray queue (``retrieved``, ``inferred``, ``stored``, so that a killed driver resumes as the local
+engine would) and ``book.finish`` when a result returns. ``ray.util.ActorPool`` does not fit: it hands the next
+task to an actor only when the driver asks for a result, and cannot replace an actor that died.
+
+Without ``address`` a local Ray instance is started (``ray.init`` with ``workers`` CPUs, no dashboard) and shut
+down at ``close``; with it (``auto``, ``host:6379``, ``ray://head:10001``) the job joins that cluster. In a process
+where Ray is already initialised (a test module's instance) that instance is used and left running. Ray 2.60 cannot
+be held to the loopback interface: it replaces ``127.0.0.1`` by the node's address and its servers listen on every
+interface, protected by its token authentication (on by default, token in ``~/.ray/auth_token``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import queue
+import signal
+import threading
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from custom_networks.errors import InputError
+from custom_networks.pacs.engine import BatchBook, StopRequest
+from custom_networks.pacs.ledger import STATE_FAILED
+from custom_networks.pacs.processor import ProcessorSpec, SeriesProcessor, SeriesResult, SeriesTask
+
+__all__ = ["RayEngine", "SeriesActor"]
+
+logger = logging.getLogger(__name__)
+
+# seconds the driver waits for a result before it looks at stop requests and stage events again
+_POLL_S = 0.5
+
+
+class SeriesActor:
+    """One Ray actor's state: its processor (the model, loaded once) and the queue stage events go to.
+
+    Args:
+        spec: the job's processor settings.
+        work_dir: scratch folder for retrieved series on the actor's node.
+        events: a ``ray.util.queue.Queue`` for ``(series UID, state, fields)`` stage events.
+    """
+
+    def __init__(self, spec: ProcessorSpec, work_dir: str, events) -> None:
+        if spec.device.startswith("cuda"):
+            # Ray shows an actor only the GPU(s) it reserved (CUDA_VISIBLE_DEVICES): that is cuda:0 here, whatever
+            # index the command line named
+            spec = dataclasses.replace(spec, device="cuda")
+        self.processor = SeriesProcessor.from_spec(spec)
+        self.work_dir = Path(work_dir)
+        self.events = events
+        self.processed = 0
+
+    def describe(self) -> dict:
+        """Where the actor runs and how often its process loaded a model (1 unless something is wrong)."""
+        import ray
+
+        from custom_networks.pacs.pipeline import model_loads
+
+        return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(), "model_loads": model_loads(),
+                "processed": self.processed}
+
+    def process(self, task: SeriesTask) -> SeriesResult:
+        def on_stage(stage_task: SeriesTask, state: str, fields: dict) -> None:
+            self.events.put((stage_task.series.series_uid, state, fields))
+
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        result = self.processor.process(task, self.work_dir, on_stage=on_stage)
+        self.processed += 1
+        return result
+
+    def close(self) -> None:
+        self.processor.close()
+
+
+def _last_line(error: BaseException) -> str:
+    """The last line of a (Ray-wrapped) error: the original exception, without Ray's traceback."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(error).__name__
+
+
+class RayEngine:
+    """Series on a pool of Ray actors; the same ``run(tasks, book, stop)`` / ``close()`` as the local engine.
+
+    Args:
+        spec: the job's processor settings (every actor builds its processor from them).
+        address: Ray cluster address; ``None`` starts a local instance.
+        workers: actors (each loads the model once).
+        num_cpus: CPUs of a local instance (default ``workers``).
+        num_gpus: GPUs each actor reserves (default 1 when ``spec.device`` is ``cuda``..., else 0; fractions share
+            a GPU).
+        work_dir: scratch folder on each node (default: ``tmp`` beside ``spec.results_dir``, which the job cleans).
+        temp_dir: Ray's temporary folder for a local instance (default: Ray's, ``$RAY_TMPDIR`` or ``/tmp/ray``).
+
+    Raises:
+        InputError: Ray is not installed or cannot start, an actor cannot build its processor, or the options
+            cannot work on Ray (C-MOVE with more than one actor).
+    """
+
+    def __init__(
+        self,
+        spec: ProcessorSpec,
+        *,
+        address: str | None = None,
+        workers: int = 2,
+        num_cpus: int | None = None,
+        num_gpus: float | None = None,
+        work_dir: Path | None = None,
+        temp_dir: Path | None = None,
+    ) -> None:
+        if workers < 1:
+            raise InputError(f"--workers {workers}: at least 1")
+        if spec.retrieve == "move" and workers > 1:
+            raise InputError(
+                "--retrieve move with --engine ray: every actor would need its own storage SCP registered on the "
+                "PACS; use --retrieve get (C-GET), or --workers 1"
+            )
+        try:
+            import ray
+            from ray.util.queue import Queue
+        except ImportError:
+            raise InputError("--engine ray: Ray is not installed; pip install 'monai-attention-unets[ray]'") from None
+        self._ray = ray
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            self._init_ray(address, num_cpus or workers, temp_dir)
+        if num_gpus is None:
+            num_gpus = 1 if spec.device.startswith("cuda") else 0
+        self.spec = spec
+        self._abandoned = False
+        self.work_dir = str(work_dir or Path(spec.results_dir).parent / "tmp")
+        # the queue's own actor needs no CPU: it must not take one of the workers' slots
+        self._events = Queue(actor_options={"num_cpus": 0})
+        self._actor_class = ray.remote(num_cpus=1, num_gpus=num_gpus)(SeriesActor)
+        self._actors = [self._new_actor() for _ in range(workers)]
+        self.actors_started = len(self._actors)
+        try:
+            described = ray.get([actor.describe.remote() for actor in self._actors])
+        except ray.exceptions.RayError as error:
+            self.close()
+            raise InputError(f"--engine ray: a worker could not load the bundle: {_last_line(error)}") from None
+        for number, info in enumerate(described, start=1):
+            logger.info("Ray worker %d (pid %d on %s): model loaded %d time(s)", number, info["pid"], info["node"],
+                        info["model_loads"])
+
+    def _init_ray(self, address: str | None, num_cpus: int, temp_dir: Path | None) -> None:
+        ray = self._ray
+        # ray.init installs a native SIGTERM handler (it aborts the process) over the job's own (finish the series
+        # in flight, then stop): put the job's back afterwards
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            if address:
+                ray.init(address=address)
+            else:
+                options = {"_temp_dir": str(temp_dir)} if temp_dir else {}
+                ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            where = f"--address {address}" if address else "a local Ray instance"
+            raise InputError(f"--engine ray: {where} cannot be started or reached: {_last_line(error)}") from None
+        finally:
+            for number, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(number, handler)
+
+    def _new_actor(self):
+        return self._actor_class.remote(self.spec, self.work_dir, self._events)
+
+    def _apply_events(self, book: BatchBook, tasks: dict[str, SeriesTask]) -> None:
+        """Record every stage event the actors have sent so far."""
+        while True:
+            try:
+                series_uid, state, fields = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if series_uid in tasks:
+                book.stage(tasks[series_uid], state, fields)
+
+    def run(self, tasks: Sequence[SeriesTask], book: BatchBook, stop: StopRequest) -> None:
+        """Process ``tasks`` on the actors until done or a stop is requested (the series in flight finish)."""
+        try:
+            self._run(list(tasks), book, stop)
+        except BaseException:
+            # a second signal abandons the series in flight: close() must not wait for them
+            self._abandoned = True
+            raise
+
+    def _run(self, waiting: list[SeriesTask], book: BatchBook, stop: StopRequest) -> None:
+        ray = self._ray
+        by_uid = {task.series.series_uid: task for task in waiting}
+        total, done = len(waiting), 0
+        idle = list(range(len(self._actors)))
+        in_flight: dict = {}  # result ref -> (actor index, task)
+        while (waiting and not stop.requested) or in_flight:
+            while waiting and idle and not stop.requested:
+                index, task = idle.pop(0), waiting.pop(0)
+                book.start(task)
+                in_flight[self._actors[index].process.remote(task)] = (index, task)
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=_POLL_S)
+            # a result's stage events were queued before it returned: record them first
+            self._apply_events(book, by_uid)
+            for ref in ready:
+                index, task = in_flight.pop(ref)
+                result = self._result(ref, index, task)
+                book.finish(result)
+                idle.append(index)
+                done += 1
+                logger.info("[%d/%d] series %s: %s %s", done, total, task.series.series_uid, result.state,
+                            result.reason)
+        if waiting:
+            logger.warning("stopped (%s) with %d of %d series not started", stop.signal_name, len(waiting), total)
+
+    def _result(self, ref, index: int, task: SeriesTask) -> SeriesResult:
+        """The actor's result; an actor that died (or a bug in it) fails this series only, and is replaced."""
+        ray = self._ray
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayActorError as error:
+            logger.error("Ray worker %d died on series %s; starting a new one", index + 1, task.series.series_uid)
+            self._actors[index] = self._new_actor()
+            self.actors_started += 1
+            reason = f"the Ray worker died while processing this series: {_last_line(error)}"
+        except ray.exceptions.RayTaskError as error:
+            logger.error("Ray worker %d failed on series %s:\n%s", index + 1, task.series.series_uid,
+                         "".join(traceback.format_exception_only(type(error), error)))
+            reason = f"the Ray worker failed: {_last_line(error)}"
+        return SeriesResult(task.series, STATE_FAILED, reason, failed_stage="engine")
+
+    def model_loads(self) -> list[dict]:
+        """Per live actor: pid, node, model loads of its process and series processed."""
+        return self._ray.get([actor.describe.remote() for actor in self._actors])
+
+    def close(self) -> None:
+        """Let the actors clean up, stop them, and shut down a Ray instance this engine started."""
+        ray = self._ray
+        try:
+            if self._abandoned:
+                return
+            for number, info in enumerate(self.model_loads(), start=1):
+                logger.info("Ray worker %d (pid %d on %s): %d series, model loaded %d time(s)", number, info["pid"],
+                            info["node"], info["processed"], info["model_loads"])
+            ray.get([actor.close.remote() for actor in self._actors], timeout=60)
+        except ray.exceptions.RayError as error:
+            logger.warning("Ray workers did not close cleanly: %s", _last_line(error))
+        finally:
+            for actor in self._actors:
+                ray.kill(actor)
+            self._events.shutdown()
+            if self._owns_ray:
+                ray.shutdown()

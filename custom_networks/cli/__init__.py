@@ -23,6 +23,8 @@ __all__ = ["COMMANDS", "main", "closest"]
 # command -> (module, one-line help); later commands (PACS batch jobs, ablation studies) add themselves here
 COMMANDS = {
     "infer": ("custom_networks.cli.infer", "segment a file or folder with a bundle (NIfTI, DICOM, images)"),
+    "pacs-batch": ("custom_networks.cli.pacs_batch", "segment matching series of a PACS, store DICOM SEGs back"),
+    "ablation": ("custom_networks.cli.ablation", "seeded ablation study of a paper's claims through its bundle"),
 }
 PROG = "attention-unets"
 EXIT_USAGE = 2

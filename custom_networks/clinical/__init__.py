@@ -25,7 +25,6 @@ from custom_networks.clinical.load_case import LoadClinicalImage, LoadClinicalIm
 from custom_networks.clinical.mask_writer import AtomicNibabelWriter, AtomicPILWriter, SaveClinicalMaskd
 from custom_networks.clinical.overlay import SaveOverlayPNGd
 from custom_networks.clinical.radiograph import load_radiograph
-from custom_networks.clinical.seg_writer import SaveDicomSegd
 from custom_networks.clinical.slice_inferer import SliceWiseInferer
 
 __all__ = [
@@ -58,3 +57,13 @@ __all__ = [
     "select_series",
     "sort_series",
 ]
+
+
+def __getattr__(name: str):
+    """``SaveDicomSegd`` is imported on first use: highdicom needs pydicom 3, and the MONAI Label environment
+    (docs/monailabel.md), which never writes a SEG through it, has pydicom 2."""
+    if name == "SaveDicomSegd":
+        from custom_networks.clinical.seg_writer import SaveDicomSegd
+
+        return SaveDicomSegd
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

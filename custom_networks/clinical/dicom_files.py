@@ -13,10 +13,12 @@ import pydicom
 from monai.config import PathLike
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import UID, MediaStorageDirectoryStorage
 
 from custom_networks.clinical.errors import CaseError
+
+# ``pydicom.pixels`` (pydicom 3) is imported where used, so that the package imports under pydicom 2 too: the
+# MONAI Label environment (docs/monailabel.md) has pydicom 2, and reads images that MONAI Label converted to NIfTI.
 
 __all__ = [
     "check_decodable",
@@ -104,6 +106,8 @@ def check_decodable(path: PathLike, dataset: Dataset) -> None:
     transfer_syntax = getattr(dataset.file_meta, "TransferSyntaxUID", None) if hasattr(dataset, "file_meta") else None
     if transfer_syntax is None or not transfer_syntax.is_compressed:
         return
+    from pydicom.pixels import get_decoder
+
     try:
         decoder = get_decoder(transfer_syntax)
     except NotImplementedError:
@@ -133,6 +137,8 @@ def read_float_values(path: PathLike, dataset: Dataset, keyword: str, count: int
 
 def stored_value_range(dataset: Dataset) -> tuple[float, float]:
     """Smallest and largest value ``BitsStored`` can hold, after the modality LUT (rescale)."""
+    from pydicom.pixels import apply_modality_lut
+
     bits = int(dataset.BitsStored)
     if int(dataset.get("PixelRepresentation", 0)) == 1:
         stored = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1])
@@ -147,6 +153,8 @@ def read_pixels(path: PathLike, apply_modality: bool = True) -> tuple[np.ndarray
 
     ``apply_modality`` maps stored values through the modality LUT (RescaleSlope/Intercept: HU for CT).
     """
+    from pydicom.pixels import apply_modality_lut
+
     path = Path(path)
     try:
         dataset = pydicom.dcmread(path)

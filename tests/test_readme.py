@@ -94,7 +94,7 @@ def test_install_section_asks_for_the_pinned_torch_from_the_cpu_index_and_says_w
     install = section(readme(), "Install")
     assert commands(fenced_blocks(install)[0]) == [
         f"pip install -r requirements/torch-cpu.txt --index-url {CPU_INDEX}",
-        'pip install -e ".[test]"',
+        'pip install -e ".[test,ray]"',
     ]
     prose = " ".join(install.split())
     assert f"`{torch_pin()}`" in prose
@@ -178,7 +178,7 @@ def test_ci_run_installs_as_readme_says_and_ends_with_readme_test_command():
     assert ci[-1] == test_command[0]
     installs = [line for line in ci if "pip install" in line]
     assert installs[0].endswith("-r requirements/torch-cpu.txt")
-    assert installs[1].endswith('-e ".[test]"')
+    assert installs[1].endswith('-e ".[test,ray]"')
 
 
 # --- the "try it" recipe -----------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import hashlib
 import json
 import logging
 import re
@@ -36,6 +35,7 @@ from custom_networks.atomic_files import atomic_path
 from custom_networks.clinical.errors import CaseError, find_case_error, one_line
 from custom_networks.clinical.load_case import IMAGE_SUFFIXES, NIFTI_SUFFIXES, input_form
 from custom_networks.clinical.meta import OUTPUTS_KEY, SOURCE_FILES_KEY
+from custom_networks.file_hash import file_sha256
 
 __all__ = [
     "CASE_STARTED_KEY",
@@ -61,7 +61,6 @@ CASE_STARTED_KEY = "case_started"
 # label meta-data entry MeasureSegmentsd appends its measurements to
 MEASUREMENTS_KEY = "clinical_measurements"
 _SUMMARY_FIELDS = ("case", "kind", "status", "message", "outputs", "input", "input_sha256", "started", "ended")
-_HASH_CHUNK = 1 << 20
 
 logger = logging.getLogger(__name__)
 
@@ -161,22 +160,12 @@ def _utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _file_sha256(paths: Iterable[PathLike]) -> str:
-    """SHA-256 (hex) of the bytes of ``paths`` one after the other."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as stream:
-            while chunk := stream.read(_HASH_CHUNK):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def input_sha256(meta: Mapping) -> str:
     """SHA-256 of a loaded case's input: of its file, or, for DICOM, of the files of the series used, sorted by
     path (``cat $(ls <series>/* | LC_ALL=C sort) | sha256sum`` when the folder holds that series alone)."""
     if meta.get(SOURCE_FILES_KEY):
-        return _file_sha256(sorted(str(path) for path in meta[SOURCE_FILES_KEY]))
-    return _file_sha256([meta["filename_or_obj"]])
+        return file_sha256(*sorted(str(path) for path in meta[SOURCE_FILES_KEY]))
+    return file_sha256(meta["filename_or_obj"])
 
 
 @dataclass(frozen=True)
@@ -292,7 +281,7 @@ class CaseOutcomeRecorder:
                 )
         order = [case.name for case in cases] + sorted(set(recorded) - {case.name for case in cases})
         rows = [asdict(recorded[name]) for name in order]
-        run = {**self.run, "weights_sha256": _file_sha256([self.weights]) if self.weights else "", "ended": _utc_now()}
+        run = {**self.run, "weights_sha256": file_sha256(self.weights) if self.weights else "", "ended": _utc_now()}
         csv_path = self.output_dir / f"{self.summary_name}.csv"
         json_path = self.output_dir / f"{self.summary_name}.json"
         _write_csv(csv_path, rows, run)

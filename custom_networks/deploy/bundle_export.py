@@ -20,7 +20,7 @@ from monai.transforms import Compose, ResizeWithPadOrCropd
 from monai.utils import ensure_tuple_rep
 
 from custom_networks.atomic_files import TEMP_PREFIX, atomic_path
-from custom_networks.deploy.int8_models import INT8_MODEL_FILES, VERIFICATION_FILE, file_sha256
+from custom_networks.deploy.int8_models import INT8_MODEL_FILES, VERIFICATION_FILE
 from custom_networks.deploy.onnx_export import check_onnx_against_torch, export_onnx
 from custom_networks.deploy.onnx_network import OnnxRuntimeNetwork
 from custom_networks.deploy.quantize import (
@@ -29,6 +29,7 @@ from custom_networks.deploy.quantize import (
     quantize_static_int8,
 )
 from custom_networks.errors import find_input_error
+from custom_networks.file_hash import file_sha256
 
 __all__ = ["BundleExport", "Int8Check", "export_bundle", "int8_label_agreement"]
 

@@ -11,17 +11,17 @@ only when that record matches the checkpoint in use.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
 from pathlib import Path
 
+from custom_networks.file_hash import file_sha256
+
 __all__ = [
     "INT8_MODEL_FILES",
     "VERIFICATION_FILE",
     "cpu_flags",
-    "file_sha256",
     "int8_model_for_this_cpu",
     "int8_weights_are_exact",
     "verified_int8_model",
@@ -62,14 +62,6 @@ def int8_model_for_this_cpu(models_dir: str | os.PathLike, machine: str | None =
     whether or not it exists yet (the bundle configs check the file with ``check_model_file``)."""
     weights = "int8" if int8_weights_are_exact(machine, flags) else "uint8"
     return str(Path(models_dir) / INT8_MODEL_FILES[weights])
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verified_int8_model(models_dir: str | os.PathLike, checkpoint: str | os.PathLike) -> Path | None:

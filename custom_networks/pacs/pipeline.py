@@ -11,7 +11,6 @@ deterministic (:func:`~custom_networks.clinical.seg_writer.deterministic_seg_uid
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from custom_networks.clinical.dicom_series import SeriesRules
 from custom_networks.errors import InputError
+from custom_networks.file_hash import file_sha256
 
 __all__ = [
     "MODEL_KINDS",
@@ -28,7 +28,6 @@ __all__ = [
     "BundlePipeline",
     "describe_bundle",
     "PipelineOutcome",
-    "file_sha256",
     "model_file",
     "model_loads",
 ]
@@ -47,14 +46,6 @@ _LOADS = {"count": 0}
 def model_loads() -> int:
     """How many times this process has loaded a bundle model (one per :class:`BundlePipeline`)."""
     return _LOADS["count"]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def model_file(bundle: Path, model: str = "torch", weights: Path | None = None, demo: bool = False) -> Path:

@@ -1,4 +1,5 @@
-"""Clinical inputs and outputs: DICOM series, radiographs, NIfTI and PNG/JPG in; NIfTI, DICOM SEG and overlays out."""
+"""Clinical inputs and outputs: DICOM series, radiographs, NIfTI and PNG/JPG in; NIfTI, DICOM SEG, SR measurement
+reports, overlays (PNG or DICOM Secondary Capture) out."""
 
 from __future__ import annotations
 
@@ -41,7 +42,9 @@ __all__ = [
     "RecordCaseOutcomed",
     "SaveClinicalMaskd",
     "SaveDicomSegd",
+    "SaveMeasurementReportd",
     "SaveOverlayPNGd",
+    "SaveSecondaryCaptured",
     "SeriesRules",
     "SliceWiseInferer",
     "bundle_metadata",
@@ -60,10 +63,18 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    """``SaveDicomSegd`` is imported on first use: highdicom needs pydicom 3, and the MONAI Label environment
-    (docs/monailabel.md), which never writes a SEG through it, has pydicom 2."""
+    """The DICOM SEG, SR and Secondary Capture writers are imported on first use: highdicom needs pydicom 3, and
+    the MONAI Label environment (docs/monailabel.md), which never writes these files through them, has pydicom 2."""
     if name == "SaveDicomSegd":
         from custom_networks.clinical.seg_writer import SaveDicomSegd
 
         return SaveDicomSegd
+    if name == "SaveMeasurementReportd":
+        from custom_networks.clinical.sr_writer import SaveMeasurementReportd
+
+        return SaveMeasurementReportd
+    if name == "SaveSecondaryCaptured":
+        from custom_networks.clinical.secondary_capture import SaveSecondaryCaptured
+
+        return SaveSecondaryCaptured
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,10 +2,10 @@
 
 Every case ends up in ``run_summary.csv`` / ``run_summary.json`` with its outcome: ``ok`` with the files written,
 or ``failed`` with the one-line reason; with the SHA-256 of its input, when it started and ended, and per segment
-its voxel count, volume and mean image intensity (:class:`MeasureSegmentsd`). The run's fields (bundle, weights
-and their SHA-256, demo weights or not, package version, start and end) are in the JSON once and in every CSV row
-(``run_*`` columns). No patient name or ID is read or written. Outcomes are stored one small file per case so
-that DataLoader worker processes can record failures too.
+its voxel count, volume and the mean and standard deviation of the image intensity (:class:`MeasureSegmentsd`).
+The run's fields (bundle, weights and their SHA-256, demo weights or not, package version, start and end) are in
+the JSON once and in every CSV row (``run_*`` columns). No patient name or ID is read or written. Outcomes are
+stored one small file per case so that DataLoader worker processes can record failures too.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import logging
 import re
 import shutil
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from custom_networks import __version__
 from custom_networks.atomic_files import atomic_path
 from custom_networks.clinical.errors import CaseError, find_case_error, one_line
 from custom_networks.clinical.load_case import IMAGE_SUFFIXES, NIFTI_SUFFIXES, input_form
-from custom_networks.clinical.meta import OUTPUTS_KEY, SOURCE_FILES_KEY
+from custom_networks.clinical.meta import OUTPUTS_KEY, SOURCE_FILES_KEY, STAGE_SECONDS_KEY
 from custom_networks.file_hash import file_sha256
 
 __all__ = [
@@ -186,6 +186,7 @@ class CaseOutcome:
     started: str = ""
     ended: str = ""
     segments: tuple[dict, ...] = ()
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 class CaseOutcomeRecorder:
@@ -201,6 +202,8 @@ class CaseOutcomeRecorder:
         bundle: the bundle's name.
         bundle_version: the bundle's version.
         weights: the weights file the network runs with (checkpoint or ONNX model); ``None``: none named.
+        weights_sha256: its SHA-256 when already known (the bundle config's ``weights_sha256``); otherwise the
+            file is hashed when the summary is written.
         demo_weights: whether they are the demo weights.
     """
 
@@ -212,6 +215,7 @@ class CaseOutcomeRecorder:
         bundle: str = "",
         bundle_version: str = "",
         weights: PathLike | None = None,
+        weights_sha256: str = "",
         demo_weights: bool = False,
     ) -> None:
         self.output_dir = Path(output_dir)
@@ -222,7 +226,7 @@ class CaseOutcomeRecorder:
             "bundle": bundle,
             "bundle_version": str(bundle_version),
             "weights": "" if weights is None else str(Path(weights).absolute()),
-            "weights_sha256": "",
+            "weights_sha256": weights_sha256,
             "demo_weights": bool(demo_weights),
             "package_version": __version__,
             "started": _utc_now(),
@@ -254,6 +258,13 @@ class CaseOutcomeRecorder:
         self.record(outcome)
         return outcome
 
+    def take_outcomes(self) -> list[CaseOutcome]:
+        """The outcomes recorded so far, forgotten here (a service segmenting case after case with one recorder
+        writes no summary: it takes each case's outcome as it comes)."""
+        found = self.outcomes()
+        shutil.rmtree(self.outcomes_dir, ignore_errors=True)
+        return found
+
     def outcomes(self) -> list[CaseOutcome]:
         found = []
         for path in sorted(self.outcomes_dir.glob("*.json")):
@@ -281,7 +292,8 @@ class CaseOutcomeRecorder:
                 )
         order = [case.name for case in cases] + sorted(set(recorded) - {case.name for case in cases})
         rows = [asdict(recorded[name]) for name in order]
-        run = {**self.run, "weights_sha256": file_sha256(self.weights) if self.weights else "", "ended": _utc_now()}
+        sha256 = self.run["weights_sha256"] or (file_sha256(self.weights) if self.weights else "")
+        run = {**self.run, "weights_sha256": sha256, "ended": _utc_now()}
         csv_path = self.output_dir / f"{self.summary_name}.csv"
         json_path = self.output_dir / f"{self.summary_name}.json"
         _write_csv(csv_path, rows, run)
@@ -314,17 +326,20 @@ def _write_csv(path: Path, rows: Sequence[dict], run: Mapping) -> None:
 
 
 def _segment_columns(segments: Sequence[Mapping]) -> dict[str, object]:
-    """``<label>_voxels``, ``<label>_volume_ml`` and ``<label>_mean_intensity`` (``..._c<k>`` per channel when the
-    image has several) of each segment; ``None`` (an empty cell) where a value does not apply."""
+    """``<label>_voxels``, ``<label>_volume_ml``, ``<label>_mean_intensity`` and ``<label>_std_intensity``
+    (``..._c<k>`` per channel when the image has several) of each segment; ``None`` (an empty cell) where a value
+    does not apply."""
     columns: dict[str, object] = {}
     for segment in segments:
-        label, means = segment["label"], segment["mean_intensity"]
+        label = segment["label"]
         columns[f"{label}_voxels"] = segment["voxels"]
         columns[f"{label}_volume_ml"] = segment["volume_ml"]
-        if len(means) == 1:
-            columns[f"{label}_mean_intensity"] = means[0]
-        else:
-            columns.update({f"{label}_mean_intensity_c{k}": mean for k, mean in enumerate(means)})
+        for statistic in ("mean", "std"):
+            values = segment.get(f"{statistic}_intensity", [])
+            if len(values) == 1:
+                columns[f"{label}_{statistic}_intensity"] = values[0]
+            else:
+                columns.update({f"{label}_{statistic}_intensity_c{k}": value for k, value in enumerate(values)})
     return columns
 
 
@@ -383,10 +398,11 @@ def measure_segments(label: torch.Tensor, image: torch.Tensor, channel_def: Mapp
         channel_def: label value to name, as in a bundle's metadata.
 
     Returns:
-        per segment ``{"label": name, "value": value, "voxels": count, "volume_ml": ..., "mean_intensity": [...]}``:
-        ``voxels`` counts pixels for a 2D image; ``volume_ml`` is voxels x the voxel volume of the affine for a 3D
-        image, ``None`` for a 2D one; ``mean_intensity`` holds the mean of each image channel inside the segment
-        (``None`` each when the segment is empty).
+        per segment ``{"label": name, "value": value, "voxels": count, "volume_ml": ..., "mean_intensity": [...],
+        "std_intensity": [...]}``: ``voxels`` counts pixels for a 2D image; ``volume_ml`` is voxels x the voxel
+        volume of the affine for a 3D image, ``None`` for a 2D one; ``mean_intensity`` and ``std_intensity`` hold
+        the mean and the (population, ``ddof=0``) standard deviation of each image channel inside the segment
+        (``None`` each when the segment is empty). Volumes are rounded to 6 decimals, intensities to 4.
     """
     values = label[0].detach()
     pixels = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
@@ -399,7 +415,9 @@ def measure_segments(label: torch.Tensor, image: torch.Tensor, channel_def: Mapp
     for value, name in sorted((int(value), str(name)) for value, name in channel_def.items() if int(value) != 0):
         inside = values == value
         count = int(inside.sum())
-        means = pixels.detach()[:, inside].double().mean(dim=1).tolist() if count else [None] * pixels.shape[0]
+        inside_pixels = pixels.detach()[:, inside].double()
+        means = inside_pixels.mean(dim=1).tolist() if count else [None] * pixels.shape[0]
+        stds = inside_pixels.std(dim=1, correction=0).tolist() if count else [None] * pixels.shape[0]
         segments.append(
             {
                 "label": name,
@@ -407,6 +425,7 @@ def measure_segments(label: torch.Tensor, image: torch.Tensor, channel_def: Mapp
                 "voxels": count,
                 "volume_ml": None if voxel_ml is None else round(count * voxel_ml, 6),
                 "mean_intensity": [None if mean is None else round(mean, 4) for mean in means],
+                "std_intensity": [None if std is None else round(std, 4) for std in stds],
             }
         )
     return segments
@@ -476,12 +495,14 @@ class RecordCaseOutcomed(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Mapping[Hashable, torch.Tensor]:
         outputs: list[str] = []
         segments: list[dict] = []
+        seconds: dict[str, float] = {}
         for key in self.key_iterator(data):
             meta = data[key].meta if isinstance(data[key], MetaTensor) else {}
             if MetaKeys.SAVED_TO in meta:
                 outputs.append(str(meta[MetaKeys.SAVED_TO]))
             outputs.extend(str(p) for p in meta.get(OUTPUTS_KEY, []))
             segments.extend(meta.get(MEASUREMENTS_KEY, []))
+            seconds.update(meta.get(STAGE_SECONDS_KEY, {}))
         image = data.get(self.image_key)
         image_meta = image.meta if isinstance(image, MetaTensor) else {}
         path = str(image_meta.get("filename_or_obj", ""))
@@ -496,6 +517,7 @@ class RecordCaseOutcomed(MapTransform):
             str(data.get(CASE_STARTED_KEY, "")),
             _utc_now(),
             tuple(segments),
+            seconds,
         )
         self.recorder.record(outcome)
         return data

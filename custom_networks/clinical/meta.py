@@ -15,7 +15,11 @@ __all__ = [
     "KIND_NIFTI",
     "OUTPUTS_KEY",
     "PATIENT_FRAME_KINDS",
+    "SEG_SEGMENTS_KEY",
+    "SEG_SERIES_UID_KEY",
+    "SEG_SOP_UID_KEY",
     "SOURCE_FILES_KEY",
+    "STAGE_SECONDS_KEY",
 ]
 
 # meta-data entries added by LoadClinicalImage(d)
@@ -23,6 +27,14 @@ INPUT_KIND_KEY = "clinical_input_kind"
 SOURCE_FILES_KEY = "dicom_source_files"
 # meta-data entry the clinical writers append their output paths to
 OUTPUTS_KEY = "clinical_outputs"
+# label meta-data entries SaveDicomSegd adds, for the writers that reference the SEG (the SR measurement report):
+# the SEG's SeriesInstanceUID and SOPInstanceUID, and per segment a dict {"value": label value, "number": segment
+# number, "label": name, "tracking_uid", "tracking_id", "category" and "type": (value, scheme, meaning)}
+SEG_SERIES_UID_KEY = "dicom_seg_series_uid"
+SEG_SOP_UID_KEY = "dicom_seg_sop_uid"
+SEG_SEGMENTS_KEY = "dicom_seg_segments"
+# meta-data entry where a writer that takes noticeable time records it, {stage: seconds} (the SEG: "seg_encoding")
+STAGE_SECONDS_KEY = "clinical_stage_seconds"
 
 KIND_NIFTI = "nifti"
 KIND_DICOM_SERIES = "dicom_series"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,10 +25,14 @@ from custom_networks.clinical.meta import (
     INPUT_KIND_KEY,
     KIND_DICOM_SERIES,
     OUTPUTS_KEY,
+    SEG_SEGMENTS_KEY,
+    SEG_SERIES_UID_KEY,
+    SEG_SOP_UID_KEY,
     SOURCE_FILES_KEY,
+    STAGE_SECONDS_KEY,
 )
 
-__all__ = ["SaveDicomSegd", "SegUids", "deterministic_seg_uids"]
+__all__ = ["SaveDicomSegd", "SegUids", "deterministic_seg_uids", "quiet_highdicom", "result_uid"]
 
 _AFFINE_TOLERANCE = 1e-3
 _CODE_FIELDS = ("value", "scheme", "meaning")
@@ -40,6 +45,22 @@ class SegUids:
     series_uid: UID
     sop_uid: UID
     tracking_uids: tuple[UID, ...]
+
+
+def result_uid(
+    source_series_uid: str, algorithm_name: str, algorithm_version: str, weights_sha256: str, *what: str
+) -> UID:
+    """A UID derived from what makes a result (source series, algorithm, its version and weights) and ``what``
+    names in it (``"seg instance"``, ``"sr series"``, ...): the same inputs give the same UID.
+
+    Args:
+        source_series_uid: SeriesInstanceUID of the segmented series.
+        algorithm_name: the bundle name.
+        algorithm_version: the bundle version.
+        weights_sha256: SHA-256 (hex) of the model file.
+        what: the object and attribute the UID is for, distinct for every UID derived from one result.
+    """
+    return generate_uid(entropy_srcs=[source_series_uid, algorithm_name, str(algorithm_version), weights_sha256, *what])
 
 
 def deterministic_seg_uids(
@@ -55,10 +76,9 @@ def deterministic_seg_uids(
         weights_sha256: SHA-256 (hex) of the model file.
         n_segments: number of segments (one tracking UID each).
     """
-    seed = [source_series_uid, algorithm_name, str(algorithm_version), weights_sha256]
 
     def derive(*what: str) -> UID:
-        return generate_uid(entropy_srcs=[*seed, *what])
+        return result_uid(source_series_uid, algorithm_name, algorithm_version, weights_sha256, *what)
 
     return SegUids(
         derive("seg series"),
@@ -68,7 +88,7 @@ def deterministic_seg_uids(
 
 
 @contextmanager
-def _quiet_highdicom() -> Iterator[None]:
+def quiet_highdicom() -> Iterator[None]:
     """highdicom logs each module it copies at INFO level; bundle runs print INFO logs, so hold those back."""
     highdicom_logger = logging.getLogger("highdicom")
     level = highdicom_logger.level
@@ -86,7 +106,10 @@ class SaveDicomSegd(MapTransform):
     after ``Invertd`` if the preprocessing resampled): frame ``k`` is built from slice ``k`` and references source
     file ``k`` of ``dicom_source_files``, so the SEG carries the source study, series and frame of reference.
     Empty frames are omitted (highdicom's default). The file is written under a temporary name, then renamed,
-    and its path is appended to the label's ``clinical_outputs`` meta-data entry.
+    and its path is appended to the label's ``clinical_outputs`` meta-data entry; the SEG's series and SOP instance
+    UIDs and its segments (number, label value, tracking UID, codes) are recorded in the label's meta-data
+    (``SEG_SERIES_UID_KEY``, ``SEG_SOP_UID_KEY``, ``SEG_SEGMENTS_KEY`` of :mod:`custom_networks.clinical.meta`), for
+    the writers that reference the SEG.
 
     Args:
         keys: label maps, channel-first ``(1, *spatial)`` integers whose values are ``channel_def`` keys.
@@ -158,21 +181,51 @@ class SaveDicomSegd(MapTransform):
             meta = source.meta if isinstance(source, MetaTensor) else {}
             if meta.get(INPUT_KIND_KEY) not in DICOM_KINDS:
                 continue
+            start = time.perf_counter()
             path = self.write(label, meta)
             if isinstance(label, MetaTensor):
                 label.meta.setdefault(OUTPUTS_KEY, []).append(path)
+                seconds = label.meta.setdefault(STAGE_SECONDS_KEY, {})
+                seconds["seg_encoding"] = seconds.get("seg_encoding", 0.0) + time.perf_counter() - start
         return d
 
     def write(self, label: torch.Tensor, source_meta: Mapping) -> str:
-        """Write the SEG of ``label`` for the DICOM source described by ``source_meta``; return its path."""
+        """Write the SEG of ``label`` for the DICOM source described by ``source_meta``; return its path.
+
+        A ``MetaTensor`` label gets the SEG's UIDs and segments in its meta-data (see the class description)."""
         sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in source_meta[SOURCE_FILES_KEY]]
         frames = self._frames(label, source_meta, sources)
-        with _quiet_highdicom():
-            segmentation = self._segmentation(sources, frames, self._uids(str(sources[0].SeriesInstanceUID)))
+        uids = self._uids(str(sources[0].SeriesInstanceUID))
+        with quiet_highdicom():
+            segmentation = self._segmentation(sources, frames, uids)
         path = str(self.layout.filename(subject=source_meta["filename_or_obj"]))
         with atomic_path(path) as temporary:
             segmentation.save_as(temporary)
+        if isinstance(label, MetaTensor):
+            label.meta.update(self._seg_meta(uids))
         return path
+
+    def _seg_meta(self, uids: SegUids) -> dict[str, object]:
+        """What the label's meta-data records of the SEG written with ``uids``."""
+        segments = []
+        for number, value in enumerate(sorted(self.labels), start=1):
+            coded = self.segment_codes[value]
+            segments.append(
+                {
+                    "value": value,
+                    "number": number,
+                    "label": self.labels[value],
+                    "tracking_uid": str(uids.tracking_uids[number - 1]),
+                    "tracking_id": f"{self.labels[value]} {number}",
+                    "category": (coded.category.value, coded.category.scheme_designator, coded.category.meaning),
+                    "type": (coded.type.value, coded.type.scheme_designator, coded.type.meaning),
+                }
+            )
+        return {
+            SEG_SERIES_UID_KEY: str(uids.series_uid),
+            SEG_SOP_UID_KEY: str(uids.sop_uid),
+            SEG_SEGMENTS_KEY: segments,
+        }
 
     def _uids(self, source_series_uid: str) -> SegUids:
         if self.weights_sha256 is None:

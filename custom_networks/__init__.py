@@ -1,8 +1,9 @@
 """
-Attention U-Net variants from five papers, as MONAI networks.
+Attention U-Net variants from five papers, as MONAI networks and bundles.
 
-Every network is importable as ``custom_networks.<Name>`` (so bundle configs can say
-``"_target_": "custom_networks.CBAMUNet"``) and listed with a description in ``custom_networks.NETWORKS``.
+``custom_networks.segment(input, output, bundle=...)`` segments files, folders or in-memory images with a bundle
+(:mod:`custom_networks.python_api`). Every network is importable as ``custom_networks.<Name>`` (so bundle configs
+can say ``"_target_": "custom_networks.CBAMUNet"``) and listed with a description in ``custom_networks.NETWORKS``.
 The names load on first use (PEP 562), so that ``import custom_networks.cli`` for ``--help`` or an error message
 does not import torch and MONAI first.
 """
@@ -23,13 +24,15 @@ __all__ = [
     "SCUNeXt",
     "UNeXt",
     "UNetSkeleton",
+    "segment",
 ]
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it
 _HOMES = {name: "custom_networks.nets" for name in __all__}
-_HOMES.update(DiceCEEdgeLoss="custom_networks.losses", NETWORKS="custom_networks.registry")
+_HOMES.update(DiceCEEdgeLoss="custom_networks.losses", NETWORKS="custom_networks.registry",
+              segment="custom_networks.python_api")
 
 
 def __getattr__(name: str):

@@ -9,18 +9,36 @@ so the hook looks for an ``InputError`` along the whole cause chain.
 
 from __future__ import annotations
 
+import difflib
 import sys
+from collections.abc import Sequence
 from types import TracebackType
 from typing import TypeVar
 
-__all__ = ["InputError", "find_error", "find_input_error", "print_input_errors_in_one_line"]
+__all__ = ["InputError", "closest", "find_error", "find_input_error", "print_input_errors_in_one_line"]
 
 
 E = TypeVar("E", bound=BaseException)
 
 
 class InputError(ValueError):
-    """A bad input file, folder or option; the message is one line naming it and the reason."""
+    """A bad input file, folder or option; the message is one line naming it and the reason.
+
+    Args:
+        message: the line.
+        parameter: the parameter (of a library function) the message starts with, e.g. ``"bundle"``, so that a
+            command line can name its own option instead (``--bundle``); ``None`` when the message names a file.
+    """
+
+    def __init__(self, message: str, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+def closest(word: str, choices: Sequence[str]) -> str | None:
+    """The choice most like ``word``, if any is reasonably close (for "did you mean ...?" in a message)."""
+    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return found[0] if found else None
 
 
 def find_error(error: BaseException, kind: type[E]) -> E | None:

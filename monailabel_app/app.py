@@ -6,7 +6,7 @@ repository's ``bundles/<bundle>/configs`` files (the configs are read, never cop
 weights and what training writes, so nothing a server run writes lands in the repository.
 
 Server ``--conf`` keys:
-    bundles_dir: folder of the bundles (default: this repository's ``bundles``).
+    bundles_dir: folder of the bundles (default: the shipped bundles, see ``custom_networks.runtime.locate``).
     models: comma-separated bundle names to serve (default: every bundle with a ``configs/inference.json``).
     overrides: JSON file ``{bundle: {config id: value}}`` applied to the bundle's inference and train configs.
 """
@@ -20,7 +20,8 @@ from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.train import TrainTask
 
-from monailabel_app.bundles import DEFAULT_BUNDLES_DIR, bundle_names, link_bundle, read_overrides
+from custom_networks.runtime.locate import bundles_dir as shipped_bundles_dir
+from monailabel_app.bundles import bundle_names, link_bundle, read_overrides
 from monailabel_app.tasks import ProjectBundleInferTask, ProjectBundleTrainTask
 
 __all__ = ["AttentionUNetsApp"]
@@ -31,8 +32,8 @@ class AttentionUNetsApp(MONAILabelApp):
     """This project's bundles served by MONAI Label (``--conf`` keys in the module docstring)."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
-        bundles_dir = Path(conf.get("bundles_dir") or DEFAULT_BUNDLES_DIR)
-        self.overrides = read_overrides(conf.get("overrides", ""))
+        bundles_dir = Path(conf.get("bundles_dir") or shipped_bundles_dir())
+        self.overrides = read_overrides(conf.get("overrides", ""), bundles_dir)
         self.served = {
             name: link_bundle(bundles_dir / name, Path(app_dir) / "model" / name)
             for name in bundle_names(bundles_dir, conf.get("models", ""))

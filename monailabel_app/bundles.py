@@ -1,5 +1,6 @@
 """The bundles a server serves, and the folders MONAI Label serves them from (no monailabel import here, so the
-launcher checks its options before the server starts)."""
+launcher checks its options before the server starts). Where the bundles are is the bundle runtime's to say
+(:mod:`custom_networks.runtime.locate`); overrides are checked against each bundle's configs there too."""
 
 from __future__ import annotations
 
@@ -8,14 +9,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_BUNDLES_DIR", "bundle_names", "link_bundle", "read_overrides"]
+from custom_networks.runtime.locate import bundle_names as runtime_bundle_names
+from custom_networks.runtime.locate import bundles_dir as shipped_bundles_dir
+from custom_networks.runtime.overrides import check_overrides
 
-DEFAULT_BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
+__all__ = ["bundle_names", "link_bundle", "read_overrides"]
 
 
-def bundle_names(bundles_dir: Path, requested: str = "") -> list[str]:
-    """The bundles to serve: ``requested`` (comma-separated) or every folder with ``configs/inference.json``."""
-    available = sorted(p.parent.parent.name for p in bundles_dir.glob("*/configs/inference.json"))
+def bundle_names(bundles_dir: Path | None, requested: str = "") -> list[str]:
+    """The bundles to serve: ``requested`` (comma-separated) or every bundle in ``bundles_dir`` (``None``: the
+    shipped bundles)."""
+    bundles_dir = bundles_dir or shipped_bundles_dir()
+    available = runtime_bundle_names(bundles_dir)
     names = [n.strip() for n in requested.split(",") if n.strip()] or available
     unknown = sorted(set(names) - set(available))
     if unknown:
@@ -49,8 +54,9 @@ def link_bundle(bundle: Path, served: Path) -> Path:
     return served
 
 
-def read_overrides(path: str) -> dict[str, dict[str, Any]]:
-    """``{bundle: {config id: value}}`` from the JSON file ``path`` (empty when no file is given)."""
+def read_overrides(path: str, bundles_dir: Path | None = None) -> dict[str, dict[str, Any]]:
+    """``{bundle: {config id: value}}`` from the JSON file ``path`` (empty when no file is given), every id checked
+    against the bundle's inference and train configs."""
     if not path:
         return {}
     try:
@@ -59,4 +65,10 @@ def read_overrides(path: str) -> dict[str, dict[str, Any]]:
         raise ValueError(f"overrides {path}: {error}") from None
     if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
         raise ValueError(f"overrides {path}: expected a JSON object {{bundle: {{config id: value}}}}")
+    bundles_dir = bundles_dir or shipped_bundles_dir()
+    for bundle, values in overrides.items():
+        configs = bundles_dir / bundle / "configs"
+        if not (configs / "inference.json").is_file():
+            raise ValueError(f"overrides {path}: no bundle {bundle!r} in {bundles_dir}")
+        check_overrides(values, [configs / "inference.json", configs / "train.json"])
     return overrides

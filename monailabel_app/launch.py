@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from monailabel_app.bundles import DEFAULT_BUNDLES_DIR, bundle_names, read_overrides
+from monailabel_app.bundles import bundle_names, read_overrides
 
 __all__ = ["DEFAULT_WORK_DIR", "main", "parse_weights", "prepare_work_dir", "server_command", "server_env"]
 
@@ -110,11 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         weights = parse_weights(args.weights)
-        served = bundle_names(Path(args.bundles_dir or DEFAULT_BUNDLES_DIR), args.models)
+        bundles_dir = Path(args.bundles_dir) if args.bundles_dir else None
+        served = bundle_names(bundles_dir, args.models)
         unserved = sorted(set(weights) - set(served))
         if unserved:
             raise ValueError(f"--weights: {unserved} not among the served bundles {served}")
-        read_overrides(args.overrides)
+        read_overrides(args.overrides, bundles_dir)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

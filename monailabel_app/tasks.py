@@ -2,8 +2,8 @@
 
 MONAI Label's ``BundleInferTask`` and ``BundleTrainTask`` do the work; these subclasses add what this project's
 bundles need: config overrides (e.g. the network widths of given weights) applied to both tasks, and an infer
-post-processing taken from the bundle's ``writers`` without the ones that write files of their own (MONAI Label
-writes the returned label itself, with the input's geometry).
+post-processing that is the bundle's ``label_transforms`` (softmax and argmax) without its ``file_writers`` (MONAI
+Label writes the returned label itself, with the input's geometry).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.tasks.train.bundle import BundleTrainTask
 
 __all__ = [
-    "FILE_WRITERS",
     "IMAGE_2D_SUFFIXES",
     "POSTPROCESSING_KEY",
     "ProjectBundleInferTask",
@@ -28,11 +27,8 @@ __all__ = [
     "apply_overrides",
 ]
 
-# ``writers`` entries of inference.json that write mask, SEG or overlay files next to the case; under MONAI Label
-# the label goes back to the client (and the datastore), so they are left out
-FILE_WRITERS = ("SaveClinicalMaskd", "SaveDicomSegd", "SaveOverlayPNGd")
-# config id this app fills with the kept writers (the bundle's ``postprocessing`` also measures and records
-# outcomes for the batch run summary, which a server has no use for)
+# config id this app fills with the bundle's ``label_transforms`` (the bundle's ``postprocessing`` also writes files
+# next to the case, measures and records outcomes for the batch run summary, which a server has no use for)
 POSTPROCESSING_KEY = "monailabel_postprocessing"
 # 2D inputs whose label MONAI Label would otherwise write in the input's own format: a JPEG label is lossy (class
 # values change) and TIFF readers differ, so their labels come back as PNG
@@ -44,13 +40,6 @@ def apply_overrides(parser: ConfigParser, overrides: Mapping[str, Any]) -> Confi
     for key, value in overrides.items():
         parser[key] = value
     return parser
-
-
-def _kept_writers(parser: ConfigParser, bundle_path: str) -> list:
-    writers = parser.get("writers")
-    if not isinstance(writers, list):
-        raise ValueError(f"{bundle_path}: inference.json has no 'writers' list to post-process with")
-    return [w for w in writers if not str(w.get("_target_", "")).endswith(FILE_WRITERS)]
 
 
 class SqueezeChannelOf2Dd(MapTransform):
@@ -87,8 +76,8 @@ class ProjectBundleInferTask(BundleInferTask):
     """``BundleInferTask`` on a bundle folder (``configs/`` and ``models/model.pt``) with config overrides.
 
     Pre-processing and inferer are the bundle's own (``LoadClinicalImaged``; ``SliceWiseInferer``, which runs the
-    2D network slice by slice on a volume); post-processing is the bundle's ``writers`` without ``FILE_WRITERS``,
-    then MONAI Label's ``Restored`` and :class:`SqueezeChannelOf2Dd`. The label is written as uint8 (class
+    2D network slice by slice on a volume); post-processing is the bundle's ``label_transforms``, then MONAI
+    Label's ``Restored`` and :class:`SqueezeChannelOf2Dd`. The label is written as uint8 (class
     indices), in the input's format (NIfTI for NIfTI) or as PNG for 2D images, unless the request asks otherwise
     (``result_extension``, ``result_dtype``).
 
@@ -105,7 +94,9 @@ class ProjectBundleInferTask(BundleInferTask):
 
     def _load_bundle_config(self, path: str, config: str) -> ConfigParser:
         parser = apply_overrides(super()._load_bundle_config(path, config), self.overrides)
-        parser[POSTPROCESSING_KEY] = {"_target_": "Compose", "transforms": _kept_writers(parser, path)}
+        if "label_transforms" not in parser:
+            raise ValueError(f"{path}: inference.json has no 'label_transforms' to post-process with")
+        parser[POSTPROCESSING_KEY] = {"_target_": "Compose", "transforms": "@label_transforms"}
         return parser
 
     def post_transforms(self, data=None) -> list:

@@ -38,6 +38,7 @@ from custom_networks.clinical.dicom_writer import write_radiograph, write_series
 from custom_networks.data.demo import write_shenzhen_cxr
 from custom_networks.data.sample_study import make_sample_study
 from custom_networks.profiling import cpu_description, replace_section
+from custom_networks.runtime.locate import bundles_dir
 
 REPO = Path(__file__).resolve().parents[1]
 MR_SPACING = (0.9, 0.9, 1.0)
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md", help="Markdown file to update")
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
-    parser.add_argument("--bundles", type=Path, default=REPO / "bundles", help="folder of the bundles")
+    parser.add_argument("--bundles", type=Path, default=bundles_dir(), help="folder of the bundles")
     parser.add_argument("--mr-shape", type=int, nargs=3, default=(256, 256, 150), help="MR volume (256 256 150)")
     parser.add_argument("--cxr-size", type=int, default=2048, help="radiograph rows and columns (2048)")
     args = parser.parse_args(argv)

@@ -38,12 +38,15 @@ from custom_networks.data.datalist import build_datalist, write_datalist  # noqa
 from custom_networks.data.sample_study import make_sample_study  # noqa: E402
 from custom_networks.deploy.bundle_export import export_bundle  # noqa: E402
 from custom_networks.pacs.client import QueryFilters  # noqa: E402
+from custom_networks.pacs.connect import PacsConnection  # noqa: E402
 from custom_networks.pacs.credentials import Credentials  # noqa: E402
 from custom_networks.pacs.job import JobOptions, run_job  # noqa: E402
-from custom_networks.pacs.processor import ProcessorSpec  # noqa: E402
+from custom_networks.pacs.processor import OutputOptions  # noqa: E402
 from custom_networks.pacs.report import STAGES  # noqa: E402
 from custom_networks.pacs.retry import RetryPolicy  # noqa: E402
 from custom_networks.profiling import cpu_description, replace_section  # noqa: E402
+from custom_networks.runtime import BundleRequest  # noqa: E402
+from custom_networks.runtime.locate import bundle_folder  # noqa: E402
 
 from orthanc_server import OrthancServer, orthanc_available  # noqa: E402
 
@@ -73,17 +76,17 @@ def model_files(bundle: str, work: Path, chest_features: list[int]) -> tuple[dic
     root = work / f"{bundle}_root"
     (root / "models").mkdir(parents=True, exist_ok=True)
     if bundle == BRAIN:
-        overrides = {key: value for key, value in json.loads((REPO / "bundles" / BRAIN / "configs" /
+        overrides = {key: value for key, value in json.loads((bundle_folder(BRAIN) / "configs" /
                                                               "demo.json").read_text()).items()
                      if key not in ("ckpt_path", "demo_weights")}
-        shutil.copy(REPO / "bundles" / BRAIN / "models" / "demo_model.pt", root / "models" / "model.pt")
+        shutil.copy(bundle_folder(BRAIN) / "models" / "demo_model.pt", root / "models" / "model.pt")
         task, size = "brain_tumor", 128
     else:
         from monai.bundle import ConfigParser
 
         overrides = {"network_def#features": chest_features, "spatial_size": [128, 128]}
         parser = ConfigParser()
-        parser.read_config(str(REPO / "bundles" / CHEST / "configs" / "inference.json"))
+        parser.read_config(str(bundle_folder(CHEST) / "configs" / "inference.json"))
         parser.update(overrides)
         torch.manual_seed(0)
         torch.save(parser.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
@@ -94,7 +97,7 @@ def model_files(bundle: str, work: Path, chest_features: list[int]) -> tuple[dic
     else:
         demo.write_montgomery_cxr(data, n=12, size=size)
     write_datalist(build_datalist(data, val_fraction=0.2, test_fraction=0.2, seed=0), data / "datalist.json")
-    export_bundle(root, calibration_samples=8, dataset_dir=data, config_dir=REPO / "bundles" / bundle / "configs",
+    export_bundle(root, calibration_samples=8, dataset_dir=data, config_dir=bundle_folder(bundle) / "configs",
                   overrides=overrides, min_int8_agreement=0.0, held_out_samples=2)
     return overrides, {"torch": root / "models" / "model.pt", "int8": root / "models" / "model_int8_static.onnx"}
 
@@ -104,12 +107,12 @@ def run_once(server: OrthancServer, work: Path, bundle: str, model: str, weights
     """One whole job; returns series/hour, the mean seconds per stage and the overhead ratio."""
     name = f"{bundle}_{model}_{engine}"
     job = work / name
-    spec = ProcessorSpec(bundle=str(REPO / "bundles" / bundle), pacs=server.dicomweb_url,
-                         results_dir=str(job / "work" / "results"), model=model, weights=str(weights),
-                         device="cpu", overrides=overrides, credentials=Credentials(server.username, server.password),
-                         retry=RetryPolicy(attempts=3, initial_delay_s=0.5))
-    options = JobOptions(spec, QueryFilters(study_uids=tuple(studies)), job / "jobs.sqlite", job / "report",
-                         job / "work", engine=engine, workers=2)
+    connection = PacsConnection(server.dicomweb_url, Credentials(server.username, server.password),
+                                retry=RetryPolicy(attempts=3, initial_delay_s=0.5))
+    request = BundleRequest(bundle, model=model, weights=str(weights), device="cpu", overrides=overrides)
+    options = JobOptions(connection, request, OutputOptions(str(job / "work" / "results")),
+                         QueryFilters(study_uids=tuple(studies)), job / "jobs.sqlite", job / "report", job / "work",
+                         engine=engine, workers=2)
     start = time.perf_counter()
     status = run_job(options)
     wall = time.perf_counter() - start

@@ -41,6 +41,7 @@ from custom_networks.data.datalist import build_datalist, write_datalist
 from custom_networks.deploy.bundle_export import export_bundle
 from custom_networks.deploy.onnx_network import OnnxRuntimeNetwork
 from custom_networks.profiling import cpu_description, median_latency, replace_section
+from custom_networks.runtime.locate import bundle_folder
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("fp32 torch", "fp32 ORT", "dynamic int8", "static int8")
@@ -79,7 +80,7 @@ def train(bundle: str, bundle_root: Path, dataset_dir: Path, epochs: int) -> flo
     """One brief training through the bundle CLI with one thread; returns its wall time in seconds."""
     overrides = {"bundle_root": str(bundle_root), "dataset_dir": str(dataset_dir), "train#trainer#max_epochs": epochs,
                  **TRAINING, **BUNDLES[bundle][1]}
-    config = REPO / "bundles" / bundle / "configs" / "train.json"
+    config = bundle_folder(bundle) / "configs" / "train.json"
     args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config)]
     for key, value in overrides.items():
         args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
@@ -97,7 +98,7 @@ def onnx_models(models: Path, threads: int) -> dict[str, OnnxRuntimeNetwork]:
 
 def evaluate(bundle: str, bundle_root: Path, dataset_dir: Path, threads: int) -> dict:
     """Dice, IoU and agreement with fp32 torch of every variant on the held-out split (evaluate.json's list)."""
-    configs = REPO / "bundles" / bundle / "configs"
+    configs = bundle_folder(bundle) / "configs"
     parser = ConfigParser()
     parser.read_config([configs / "train.json", configs / "evaluate.json"])
     parser.update({"bundle_root": str(bundle_root), "dataset_dir": str(dataset_dir), **BUNDLES[bundle][1]})
@@ -138,7 +139,7 @@ def accuracy_phase(args: argparse.Namespace, results: dict) -> None:
                 jobs[bundle] = pool.submit(train, bundle, root, datasets[BUNDLES[bundle][0]], args.epochs)
     for bundle in args.bundles:
         root, dataset_dir = work / bundle, datasets[BUNDLES[bundle][0]]
-        export = export_bundle(root, dataset_dir=dataset_dir, config_dir=REPO / "bundles" / bundle / "configs",
+        export = export_bundle(root, dataset_dir=dataset_dir, config_dir=bundle_folder(bundle) / "configs",
                                overrides=BUNDLES[bundle][1], calibration_samples=32)
         entry = evaluate(bundle, root, dataset_dir, args.threads)
         entry.update(train_seconds=jobs[bundle].result() if bundle in jobs else None, epochs=args.epochs,
@@ -154,12 +155,12 @@ def speed_phase(args: argparse.Namespace, results: dict) -> None:
         dataset_dir = write_demo_task(task, args.work / "data" / task)
         root = args.work / "speed" / bundle
         parser = ConfigParser()
-        parser.read_config(REPO / "bundles" / bundle / "configs" / "inference.json")
+        parser.read_config(bundle_folder(bundle) / "configs" / "inference.json")
         torch.manual_seed(0)
         net = parser.get_parsed_content("network_def").eval()
         (root / "models").mkdir(parents=True, exist_ok=True)
         torch.save(net.state_dict(), root / "models" / "model.pt")
-        export_bundle(root, dataset_dir=dataset_dir, config_dir=REPO / "bundles" / bundle / "configs",
+        export_bundle(root, dataset_dir=dataset_dir, config_dir=bundle_folder(bundle) / "configs",
                       overrides={"spatial_size": [256, 256]}, calibration_samples=8)
         shape = (1, parser.get_parsed_content("in_channels"), 256, 256)
         networks = {"fp32 torch": net, **onnx_models(root / "models", args.threads)}

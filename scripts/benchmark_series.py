@@ -34,6 +34,7 @@ from custom_networks.data import demo
 from custom_networks.deploy.bundle_export import export_bundle
 from custom_networks.deploy.int8_models import INT8_MODEL_FILES, int8_model_for_this_cpu
 from custom_networks.profiling import cpu_description, replace_section
+from custom_networks.runtime.locate import bundles_dir
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "quantization.md"
@@ -79,7 +80,7 @@ def segment(root: Path, series: Path, output: Path, model: Path, window: list[in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", type=Path, default=REPO / "bundles" / "brain_tumor_mri_gsconv_eca_unet")
+    parser.add_argument("--bundle", type=Path, default=bundles_dir() / "brain_tumor_mri_gsconv_eca_unet")
     parser.add_argument("--shape", type=int, nargs=3, default=(256, 256, 150), help="columns rows slices")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds over the models (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads (default 2)")

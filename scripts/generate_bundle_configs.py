@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 from custom_networks.bundle_configs import BundleSourceError, stale_bundle_configs, write_bundle_configs
+from custom_networks.runtime.locate import bundles_dir
 
-BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
+BUNDLES_DIR = bundles_dir()
 
 
 def main(argv: list[str] | None = None) -> int:

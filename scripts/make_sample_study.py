@@ -12,8 +12,9 @@ import argparse
 from pathlib import Path
 
 from custom_networks.data.sample_study import make_sample_study, write_sample_study
+from custom_networks.runtime.locate import bundle_folder
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "bundles" / "brain_tumor_mri_gsconv_eca_unet" / "sample_data"
+DEFAULT_OUTPUT = bundle_folder("brain_tumor_mri_gsconv_eca_unet") / "sample_data"
 
 
 def main(argv: list[str] | None = None) -> None:

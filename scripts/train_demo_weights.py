@@ -30,8 +30,9 @@ from custom_networks.atomic_files import atomic_path
 from custom_networks.data.datalist import build_datalist, write_datalist
 from custom_networks.data.demo import write_brain_tumor_png
 from custom_networks.data.sample_study import lesion_dice, write_lesion_free_slices
+from custom_networks.runtime.locate import bundle_folder
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "brain_tumor_mri_gsconv_eca_unet"
+BUNDLE = bundle_folder("brain_tumor_mri_gsconv_eca_unet")
 # demo slices: the sample study's in-plane size, so that head and lesion sizes in pixels match
 IMAGE_SIZE = 128
 

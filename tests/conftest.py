@@ -3,6 +3,7 @@ once for the whole test run, and runners for the MONAI bundle CLI (a subprocess)
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -17,38 +18,67 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import yaml
 from monai.bundle import ConfigParser, ConfigWorkflow
 
+from custom_networks.bundle_configs import SOURCES_FOLDER, bundle_names
 from custom_networks.data import demo
 from custom_networks.data.datalist import build_datalist, write_datalist
 
+from ohif_viewer import browser_available
 from orthanc_server import OrthancServer, free_port, orthanc_available
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES_DIR = REPO / "bundles"
-BUNDLES = (
-    "brain_tumor_mri_gsconv_eca_unet",
-    "lgg_mri_cbam_unet",
-    "chest_xray_lung_ag_min_aspp_unet",
-    "isic2018_skin_sc_unext",
-    "lgg_mri_attention_res_unet",
-)
-# demo task whose layout each bundle reads
-BUNDLE_TASK = {
-    "brain_tumor_mri_gsconv_eca_unet": "brain_tumor",
-    "lgg_mri_cbam_unet": "lgg",
-    "chest_xray_lung_ag_min_aspp_unet": "montgomery",
-    "isic2018_skin_sc_unext": "isic2018",
-    "lgg_mri_attention_res_unet": "lgg",
-}
+# the bundles, as their config sources list them (bundles/config_sources/<bundle>.yaml)
+BUNDLES = tuple(bundle_names(BUNDLES_DIR))
+_SOURCES = {bundle: yaml.safe_load((BUNDLES_DIR / SOURCES_FOLDER / f"{bundle}.yaml").read_text()) for bundle in BUNDLES}
+# demo task generating the public layout each source's data set has
+_DEMO_TASK_OF_DATASET = {"brain_tumor_mri": "brain_tumor", "lgg_mri": "lgg", "chest_xray_lung": "montgomery",
+                         "isic2018": "isic2018"}
+BUNDLE_TASK = {bundle: _DEMO_TASK_OF_DATASET[source["dataset"]] for bundle, source in _SOURCES.items()}
 # tiny widths and sizes for CLI runs: U-Nets need sizes divisible by 2**(levels-1), the UNeXt family by 32
 TINY_OVERRIDES = {
-    "brain_tumor_mri_gsconv_eca_unet": {"network_def#features": [8, 16, 32], "spatial_size": [64, 64]},
-    "lgg_mri_cbam_unet": {"network_def#features": [8, 16, 32], "spatial_size": [64, 64]},
-    "chest_xray_lung_ag_min_aspp_unet": {"network_def#features": [8, 16, 32], "spatial_size": [64, 64]},
-    "isic2018_skin_sc_unext": {"network_def#features": [4, 8, 16, 24, 32], "spatial_size": [64, 64]},
-    "lgg_mri_attention_res_unet": {"network_def#features": [8, 16, 32], "spatial_size": [64, 64]},
+    bundle: {"network_def#features": [4, 8, 16, 24, 32] if "UNeXt" in source["network"] else [8, 16, 32],
+             "spatial_size": [64, 64]}
+    for bundle, source in _SOURCES.items()
 }
+
+# the separate MONAI Label environment (scripts/setup_monailabel.sh) the MONAI Label tests start the server in
+ML_ENV = Path(os.environ.get("ATTUNETS_MONAILABEL_ENV", Path.home() / ".cache/attention-unets/monailabel-env"))
+ML_PYTHON = ML_ENV / "bin" / "python"
+
+# what a test marked with each of these needs, and how CI gets it: under CI=true a missing one fails the run,
+# elsewhere the test is skipped with this reason (one policy for every service)
+REQUIREMENTS = {
+    "orthanc": (orthanc_available, "Orthanc is not installed: apt-get install orthanc orthanc-dicomweb"),
+    "ray": (lambda: importlib.util.find_spec("ray") is not None, "Ray is not installed: pip install -e '.[ray]'"),
+    "monailabel": (lambda: ML_PYTHON.exists(), f"no MONAI Label environment at {ML_ENV}: bash "
+                   "scripts/setup_monailabel.sh"),
+    "dicom_tools": (lambda: shutil.which("dciodvfy") is not None, "dciodvfy is missing: apt-get install dicom3tools"),
+    "browser": (browser_available, "headless Chromium with OHIF is missing: apt-get install chromium chromium-driver, "
+                "pip install selenium, bash scripts/setup_ohif.sh"),
+}
+# fixtures whose tests get a marker without saying so
+_FIXTURE_MARKERS = {"orthanc": "orthanc", "trained_bundles": "training", "ray_address": "ray",
+                    "dciodvfy_errors": "dicom_tools"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        for fixture, marker in _FIXTURE_MARKERS.items():
+            if fixture in item.fixturenames:
+                item.add_marker(marker)
+
+
+def pytest_runtest_setup(item) -> None:
+    for marker in item.iter_markers():
+        if marker.name in REQUIREMENTS:
+            available, reason = REQUIREMENTS[marker.name]
+            if not available():
+                if os.environ.get("CI") == "true":
+                    pytest.fail(f"{reason} (.ci/run installs it)", pytrace=False)
+                pytest.skip(reason)
 
 
 @dataclass
@@ -293,6 +323,20 @@ def trained_bundles(demo_data, tmp_path_factory) -> TrainedBundles:
     return TrainedBundles(bundles, cli_result, mlflow_db)
 
 
+@pytest.fixture
+def dciodvfy_errors():
+    """``errors(path)``: the error lines ``dciodvfy`` (dicom3tools) prints about a DICOM file (warnings allowed);
+    the whole report is printed for the log. Tests using it are marked ``dicom_tools``."""
+
+    def errors(path: Path) -> list[str]:
+        done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120, check=False)
+        report = (done.stdout + done.stderr).splitlines()
+        print(f"dciodvfy {path.name}:", *report, sep="\n  ")
+        return [line for line in report if "Error" in line]
+
+    return errors
+
+
 # AE title of this project's own DICOM node (batch job, MONAI Label) as the test Orthanc knows it
 CLIENT_AET = "ATTUNETS"
 
@@ -301,8 +345,6 @@ CLIENT_AET = "ATTUNETS"
 def orthanc(tmp_path) -> OrthancServer:
     """A real Orthanc on 127.0.0.1 (authentication on) that accepts DIMSE requests from ``CLIENT_AET`` at
     ``orthanc.client_port`` (free for the test's own storage SCP); stopped after the test."""
-    if not orthanc_available():
-        pytest.fail("Orthanc is not installed: apt-get install orthanc orthanc-dicomweb (.ci/run does)")
     client_port = free_port()
     server = OrthancServer(tmp_path / "orthanc", modalities={CLIENT_AET: (CLIENT_AET, "127.0.0.1", client_port)})
     server.client_aet = CLIENT_AET

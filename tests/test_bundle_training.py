@@ -17,7 +17,7 @@ from PIL import Image
 
 from conftest import TINY_OVERRIDES, cli_args, make_demo_task, run_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.training
 
 DICE_RUNS = {
     "chest_xray_lung_ag_min_aspp_unet": ("montgomery", {"network_def#features": [8, 16, 32, 64]}),

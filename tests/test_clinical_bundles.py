@@ -49,6 +49,7 @@ from custom_networks.data.sample_study import (
     write_lesion_free_slices,
     write_sample_study,
 )
+from custom_networks.deploy.int8_models import int8_model_for_this_cpu
 
 from clinical_fixtures import marker_volume, write_radiograph, write_series, write_structured_report
 from conftest import BUNDLES, BUNDLES_DIR, REPO, TINY_OVERRIDES, cli_args, infer_in_process, run_cli
@@ -342,6 +343,16 @@ def test_inference_configs_keep_their_ids_and_clinical_switches():
             "overlay_min_slices",
             "demo_weights",
             "bundle_name",
+            # the named ids the bundle runtime and MONAI Label build on (custom_networks.runtime)
+            "model_file",
+            "weights_sha256",
+            "checkpoint_loader",
+            "stats_handler",
+            "label_transforms",
+            "seg_writer",
+            "sr_writer",
+            "file_writers",
+            "save_secondary_capture",
         ):
             assert key in parser, f"{bundle}: {key}"
         assert parser["bundle_name"] == bundle
@@ -349,8 +360,9 @@ def test_inference_configs_keep_their_ids_and_clinical_switches():
         onnx = ConfigParser()  # the run summary hashes the weights the network runs
         onnx.read_config([str(BUNDLES_DIR / bundle / "configs" / name) for name in ONNX_CONFIGS])
         onnx.update({"bundle_root": "/bundle"})
-        assert onnx.get_parsed_content("recorder#weights") == "/bundle/models/model_int8_static.onnx"
-        assert parser["recorder"]["weights"] == "@ckpt_path"
+        # the int8 file this CPU computes exactly (int8 weights with VNNI, uint8 weights on other x86 CPUs)
+        assert onnx.get_parsed_content("recorder#weights") == int8_model_for_this_cpu("/bundle/models")
+        assert parser["recorder"]["weights"] == "@model_file" and parser["model_file"] == "@ckpt_path"
 
 
 def test_demo_config_loads_the_shipped_weights():

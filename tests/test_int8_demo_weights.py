@@ -10,17 +10,20 @@ uint8-weights model as well, which is the one a CPU without VNNI picks (on such 
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import torch
 
 from custom_networks.cli import main as cli_main
 from custom_networks.data import demo
 from custom_networks.data.sample_study import lesion_dice, write_sample_study
+from custom_networks.deploy import int8_models
 from custom_networks.deploy.int8_models import (
     INT8_MODEL_FILES,
     VERIFICATION_FILE,
@@ -28,6 +31,7 @@ from custom_networks.deploy.int8_models import (
     int8_weights_are_exact,
     verified_int8_model,
 )
+from custom_networks.file_hash import file_sha256
 
 from conftest import BUNDLES_DIR, run_in_process
 from test_deploy_bundles import export_cli
@@ -132,3 +136,45 @@ def test_cli_runs_the_verified_int8_model_by_default_and_torch_for_another_check
 def test_int8_model_is_chosen_from_the_cpu_it_runs_on(tmp_path, machine, flags, weights):
     assert int8_weights_are_exact(machine, flags) == (weights == "int8")
     assert int8_model_for_this_cpu(tmp_path, machine, flags) == str(tmp_path / INT8_MODEL_FILES[weights])
+
+
+@pytest.mark.parametrize("vnni", [True, False], ids=["cpu_with_vnni", "cpu_without_vnni"])
+def test_pacs_batch_runs_the_int8_model_this_cpu_should_and_stores_the_seg_infer_writes(
+    exported, orthanc, tmp_path, monkeypatch, vnni
+):
+    """``pacs-batch --model int8`` (and ``auto``, the export being verified for this checkpoint) runs the int8 file
+    the CPU check picks, for both answers of the check (the CPU's flags faked), and stores the SEG that ``attention-
+    unets infer --model int8`` writes for the same series: same pixels, same UIDs."""
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(int8_models, "cpu_flags", lambda: {"avx2", "fma", "avx512_vnni"} if vnni else {"avx2", "fma"})
+    root = exported["root"]
+    expected = root / "models" / INT8_MODEL_FILES["int8" if vnni else "uint8"]
+    study = write_sample_study(tmp_path / "study", seed=UNSEEN_SEEDS[1])["dicom"]
+    orthanc.upload(sorted(study.iterdir()))
+    monkeypatch.setenv("PACS_USERNAME", orthanc.username)
+    monkeypatch.setenv("PACS_PASSWORD", orthanc.password)
+    shape = [f"--set=network_def#features={json.dumps(DEMO_SHAPE['network_def#features'])}",
+             f"--set=spatial_size={json.dumps(DEMO_SHAPE['spatial_size'])}"]
+
+    def pacs_batch(model: str, job: Path) -> tuple[dict, Path]:
+        status = cli_main(["pacs-batch", "--pacs", orthanc.dicomweb_url, "--bundle", str(root), "--model", model,
+                           "--device", "cpu", *shape, "--ledger", str(job / "jobs.sqlite"), "--report",
+                           str(job / "report"), "--store", "pacs,folder", "--output", str(job / "segs")])
+        assert status == 0
+        (seg,) = (job / "segs").rglob("seg.dcm")
+        return json.loads((job / "report" / "series.json").read_text())["run"], seg
+
+    run, pacs_seg = pacs_batch("int8", tmp_path / "job_int8")
+    assert run["weights_sha256"] == file_sha256(expected)
+    if not vnni:
+        assert pacs_batch("auto", tmp_path / "job_auto")[0]["weights_sha256"] == file_sha256(expected)
+
+    assert cli_main(["infer", "--bundle", str(root), "--model", "int8", "--device", "cpu", *shape, "--input",
+                     str(study), "--output", str(tmp_path / "folder")]) == 0
+    summary = json.loads((tmp_path / "folder" / "run_summary.json").read_text())
+    assert Path(summary["run"]["weights"]) == expected.resolve()
+    (folder_seg,) = (tmp_path / "folder").glob("*_seg.dcm")
+    stored, written = pydicom.dcmread(pacs_seg), pydicom.dcmread(folder_seg)
+    assert (stored.SeriesInstanceUID, stored.SOPInstanceUID) == (written.SeriesInstanceUID, written.SOPInstanceUID)
+    assert stored.pixel_array.any()
+    np.testing.assert_array_equal(stored.pixel_array, written.pixel_array)

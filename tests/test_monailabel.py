@@ -29,10 +29,8 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from conftest import BUNDLES, BUNDLES_DIR, REPO, TINY_OVERRIDES, add_volume, free_port, run_in_process
+from conftest import BUNDLES, BUNDLES_DIR, ML_PYTHON, REPO, TINY_OVERRIDES, add_volume, free_port, run_in_process
 
-ML_ENV = Path(os.environ.get("ATTUNETS_MONAILABEL_ENV", Path.home() / ".cache/attention-unets/monailabel-env"))
-ML_PYTHON = ML_ENV / "bin" / "python"
 BRAIN = "brain_tumor_mri_gsconv_eca_unet"
 CHEST = "chest_xray_lung_ag_min_aspp_unet"
 # the brain bundle's demo weights and the widths they were trained with (configs/demo.json)
@@ -42,11 +40,7 @@ BRAIN_DEMO_WEIGHTS = BUNDLES_DIR / BRAIN / "models" / "demo_model.pt"
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 _START_TIMEOUT_S = 90
 
-
-def ml_env_or_fail() -> Path:
-    if not ML_PYTHON.exists():
-        pytest.fail(f"no MONAI Label environment at {ML_ENV}: run bash scripts/setup_monailabel.sh (.ci/run does)")
-    return ML_PYTHON
+pytestmark = pytest.mark.monailabel
 
 
 def ml_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -90,7 +84,7 @@ class MonaiLabelServer:
 
     def start(self) -> MonaiLabelServer:
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([str(ml_env_or_fail()), *self.args], cwd=self.root, env=self.env,
+            self.process = subprocess.Popen([str(ML_PYTHON), *self.args], cwd=self.root, env=self.env,
                                             stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + _START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -301,7 +295,7 @@ def test_train_from_labels_writes_model_pt_and_the_next_inference_uses_it(traine
     np.testing.assert_array_equal(new, read_label(ours)[0] // 255)
 
 
-def test_dicomweb_datastore_on_orthanc_lists_infers_and_stores_a_dicom_seg(orthanc, tmp_path):
+def test_dicomweb_datastore_on_orthanc_lists_infers_and_stores_a_dicom_seg(orthanc, tmp_path, dciodvfy_errors):
     """Orthanc (authentication on) as MONAI Label's DICOMweb datastore: the series is listed and segmented, and a
     corrected label saved as final arrives in Orthanc as a DICOM SEG referencing the series."""
     series = sorted((BUNDLES_DIR / BRAIN / "sample_data" / "mr_series").glob("*.dcm"))
@@ -343,9 +337,7 @@ def test_dicomweb_datastore_on_orthanc_lists_infers_and_stores_a_dicom_seg(ortha
     # the SEG's frames hold exactly the corrected label's voxels (BINARY: one bit per pixel)
     assert seg.SegmentationType == "BINARY"
     assert int(seg.pixel_array.sum()) == int((corrected > 0).sum())
-    assert shutil.which("dciodvfy"), "dciodvfy is missing: apt-get install dicom3tools (.ci/run installs it)"
-    report = subprocess.run(["dciodvfy", str(seg_file)], capture_output=True, text=True, timeout=120)
-    assert [line for line in (report.stdout + report.stderr).splitlines() if "Error" in line] == []
+    assert dciodvfy_errors(seg_file) == []
 
 
 def test_serves_with_only_the_loopback_interface(tmp_path):
@@ -357,7 +349,7 @@ def test_serves_with_only_the_loopback_interface(tmp_path):
     server = MonaiLabelServer(tmp_path, str(studies), {BRAIN: BRAIN_DEMO_WEIGHTS}, {BRAIN: BRAIN_DEMO_OVERRIDES},
                               models=[BRAIN])
     returned = tmp_path / "returned.nii.gz"
-    python = shlex.quote(str(ml_env_or_fail()))
+    python = shlex.quote(str(ML_PYTHON))
     script = f"""
 set -e
 ip link set lo up
@@ -396,7 +388,7 @@ done
     ],
 )
 def test_launcher_rejects_bad_options_in_one_line(args, message, tmp_path):
-    done = subprocess.run([str(ml_env_or_fail()), "-m", "monailabel_app.launch", "--studies", str(tmp_path),
+    done = subprocess.run([str(ML_PYTHON), "-m", "monailabel_app.launch", "--studies", str(tmp_path),
                            "--work", str(tmp_path / "work"), *args], capture_output=True, text=True, timeout=60,
                           env=ml_env(tmp_path), cwd=tmp_path)
     assert done.returncode == 2

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -30,18 +29,18 @@ from custom_networks.cli import main
 from custom_networks.clinical.dicom_series import discover_series, sort_series
 from custom_networks.clinical.seg_writer import deterministic_seg_uids
 from custom_networks.data.sample_study import make_sample_study
-from custom_networks.pacs.pipeline import describe_bundle
+from custom_networks.runtime import prepare_bundle
 
 from clinical_fixtures import Study, write_rt_plan, write_series, write_undecodable_slice
 from conftest import CLIENT_AET, subprocess_env
-from orthanc_server import OrthancServer, free_port, orthanc_available
+from orthanc_server import OrthancServer, free_port
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "brain_tumor_mri_gsconv_eca_unet"
 PATIENT_NAME = "Doe^Jane^Secret"
 PATIENT_ID = "PID-77125"
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
-pytestmark = pytest.mark.skipif(not orthanc_available(), reason="Orthanc not installed (.ci/run installs it)")
+pytestmark = pytest.mark.orthanc
 
 
 def study(seed: str) -> Study:
@@ -109,13 +108,6 @@ def seg_label_volume(seg_path: Path, source_folder: Path) -> np.ndarray:
     return np.transpose(pixels[..., 0], (2, 1, 0)) != 0
 
 
-def dciodvfy(path: Path) -> list[str]:
-    """The lines ``dciodvfy`` (dicom3tools) prints about ``path``."""
-    assert shutil.which("dciodvfy"), "dciodvfy is missing: apt-get install dicom3tools (.ci/run installs it)"
-    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120, check=False)
-    return (done.stdout + done.stderr).splitlines()
-
-
 def folder_mask(source_folder: Path, output: Path) -> np.ndarray:
     """The mask ``attention-unets infer`` writes for the series folder (the bundle's folder run)."""
     assert main(["infer", "--bundle", str(BUNDLE), "--demo", "--device", "cpu", "--input", str(source_folder),
@@ -168,13 +160,13 @@ def pacs(tmp_path_factory):
         yield server
 
 
-def test_round_trip_then_rerun_adds_nothing(pacs, tmp_path, credentials, capfd):
+def test_round_trip_then_rerun_adds_nothing(pacs, tmp_path, credentials, capfd, dciodvfy_errors):
     credentials(pacs)
     study_uids = ",".join(s.study_instance_uid for s in pacs.studies.values())
     args = batch_args(pacs, tmp_path, "--modality", "MR", "--study-uid", study_uids, "--study-date",
                       "20240101-20241231", "--store", "pacs,folder", "--output", str(tmp_path / "segs"), "--nifti")
     assert main(args) == 0
-    info = describe_bundle(BUNDLE, demo=True)
+    info = prepare_bundle(BUNDLE, demo=True, device="cpu")
     chosen = {name: series_uid(pacs.series[name]) for name in ("a_t1", "b_t1")}
     rows = report(tmp_path)
     assert rows[series_uid(pacs.series["a_t2"])]["outcome"] == "skipped"
@@ -192,7 +184,7 @@ def test_round_trip_then_rerun_adds_nothing(pacs, tmp_path, credentials, capfd):
         seg = pydicom.dcmread(seg_path)
         assert seg.SOPClassUID == SEG_STORAGE and seg.SOPInstanceUID == expected.sop_uid
         assert seg.StudyInstanceUID == row["study_uid"]
-        assert not [line for line in dciodvfy(seg_path) if line.startswith("Error")]
+        assert dciodvfy_errors(seg_path) == []
         source_folder = pacs.series[name][0].parent
         from_pacs = seg_label_volume(seg_path, source_folder)
         reference = folder_mask(source_folder, tmp_path / f"folder_{name}")

@@ -25,7 +25,7 @@ from custom_networks.data.sample_study import make_sample_study
 from custom_networks.errors import InputError
 from custom_networks.pacs.client import PacsAuthError, PacsError, QueryFilters, SeriesRef, TransientPacsError
 from custom_networks.pacs.dimse import DimseClient
-from custom_networks.pacs.pipeline import describe_bundle
+from custom_networks.runtime import prepare_bundle
 
 from clinical_fixtures import Study, write_series
 from orthanc_server import free_port
@@ -264,8 +264,13 @@ def report_reasons(report: Path) -> dict[str, str]:
 
 
 def test_c_move_without_a_storage_port_is_refused():
-    with pytest.raises(InputError, match="^--retrieve move: give --storage-port"):
+    """From Python the message names the parameters; on the command line the same refusal names the options."""
+    with pytest.raises(InputError, match=r"^retrieve move: give storage_port=<port>") as refused:
         DimseClient("ORTHANC", "127.0.0.1", 4242, calling_aet="ATTUNETS", retrieve="move")
+    assert refused.value.parameter == "retrieve"
+    from custom_networks.cli import flag_message
+
+    assert flag_message(refused.value).startswith("--retrieve move: give --storage-port <port>, the port")
 
 
 def test_batch_command_over_dimse_with_c_move_round_trip(orthanc, tmp_path):
@@ -284,7 +289,7 @@ def test_batch_command_over_dimse_with_c_move_round_trip(orthanc, tmp_path):
             "--ledger", str(tmp_path / "jobs.sqlite"), "--report", str(tmp_path / "report")]
     assert main(args) == 0, report_reasons(tmp_path / "report")
 
-    info = describe_bundle(BUNDLE, demo=True)
+    info = prepare_bundle(BUNDLE, demo=True, device="cpu")
     expected = deterministic_seg_uids(chosen.series_instance_uid, info.name, info.version, info.weights_sha256, 1)
     study_uid = head.study_instance_uid
     pacs_client = client(orthanc)

@@ -3,7 +3,6 @@ masks as the local engine, the model loaded once per actor, and the command line
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -24,23 +23,24 @@ from custom_networks.clinical.seg_writer import deterministic_seg_uids
 from custom_networks.data.sample_study import make_sample_study
 from custom_networks.errors import InputError
 from custom_networks.pacs.client import QueryFilters
+from custom_networks.pacs.connect import PacsConnection
 from custom_networks.pacs.dimse import DimseClient
 from custom_networks.pacs.engine import BatchBook, StopRequest
 from custom_networks.pacs.job import EXIT_OK, JobOptions, run_job
 from custom_networks.pacs.ledger import JobKey, Ledger
-from custom_networks.pacs.pipeline import describe_bundle
-from custom_networks.pacs.processor import ProcessorSpec, SeriesTask
+from custom_networks.pacs.processor import OutputOptions, SeriesTask
 from custom_networks.pacs.ray_engine import RayEngine
 from custom_networks.pacs.retry import RetryPolicy
+from custom_networks.runtime import BundleRequest, prepare_bundle
 
 from clinical_fixtures import Study, write_series
 from conftest import subprocess_env
-from orthanc_server import orthanc_available
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "brain_tumor_mri_gsconv_eca_unet"
-WORKER_LINE = re.compile(r"Ray worker (\d+) \(pid (\d+) on [^)]+\): (\d+) series, model loaded (\d+) time\(s\)")
+START_LINE = re.compile(r"Ray worker (\d+) \(pid (\d+) on [^)]+\): model loaded at ([\d.]+)")
+WORKER_LINE = re.compile(r"Ray worker (\d+) \(pid (\d+) on [^)]+\): (\d+) series, model loaded at ([\d.]+)")
 
-pytestmark = pytest.mark.skipif(not orthanc_available(), reason="Orthanc not installed (.ci/run installs it)")
+pytestmark = [pytest.mark.orthanc, pytest.mark.ray]
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +69,12 @@ def upload_studies(orthanc, root: Path) -> dict[str, str]:
 
 def job(orthanc, root: Path, engine: str, store_pacs: bool) -> JobOptions:
     """The job over DIMSE (C-GET) with the brain bundle's demo weights, SEGs and NIfTI masks kept in root/out."""
-    spec = ProcessorSpec(
-        bundle=str(BUNDLE), pacs=f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}",
-        results_dir=str(root / "work" / "results"), demo=True, device="cpu",
-        retry=RetryPolicy(attempts=2, initial_delay_s=0.2), store_pacs=store_pacs, output_dir=str(root / "out"),
-        write_nifti=True, calling_aet=orthanc.client_aet,
-    )
-    return JobOptions(spec, QueryFilters(modality="MR"), root / "jobs.sqlite", root / "report", root / "work",
+    connection = PacsConnection(f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}",
+                                retry=RetryPolicy(attempts=2, initial_delay_s=0.2), calling_aet=orthanc.client_aet)
+    outputs = OutputOptions(str(root / "work" / "results"), store_pacs=store_pacs, output_dir=str(root / "out"),
+                            write_nifti=True)
+    return JobOptions(connection, BundleRequest(str(BUNDLE), demo=True, device="cpu"), outputs,
+                      QueryFilters(modality="MR"), root / "jobs.sqlite", root / "report", root / "work",
                       engine=engine, workers=2)
 
 
@@ -88,9 +87,14 @@ def kept(root: Path, study_uid: str, series_uid: str) -> tuple[pydicom.Dataset, 
     return pydicom.dcmread(folder / "seg.dcm"), np.asarray(nib.load(folder / "mask.nii.gz").dataobj)
 
 
-def worker_lines(text: str) -> list[tuple[int, int, int, int]]:
-    """(worker, pid, series, model loads) of each worker's closing log line."""
-    return [tuple(int(group) for group in match.groups()) for match in WORKER_LINE.finditer(text)]
+def worker_lines(text: str) -> list[tuple[int, int, int, float]]:
+    """(worker, pid, series, when its model was loaded) of each worker's closing log line."""
+    return [(int(match[1]), int(match[2]), int(match[3]), float(match[4])) for match in WORKER_LINE.finditer(text)]
+
+
+def load_times(text: str) -> dict[int, float]:
+    """pid -> when the worker's model was loaded, from the workers' start log lines."""
+    return {int(match[2]): float(match[3]) for match in START_LINE.finditer(text)}
 
 
 def test_ray_engine_gives_the_local_engines_segs_and_loads_the_model_once_per_actor(
@@ -108,9 +112,10 @@ def test_ray_engine_gives_the_local_engines_segs_and_loads_the_model_once_per_ac
     assert len(workers) == 2 and {pid for _, pid, _, _ in workers}.isdisjoint({os.getpid()})
     assert len({pid for _, pid, _, _ in workers}) == 2
     assert sum(series for _, _, series, _ in workers) == len(chosen)
-    assert [loads for *_, loads in workers] == [1, 1]
+    # the model each actor loaded at start is the one it closed with: loaded once, not per series
+    assert {pid: loaded_at for _, pid, _, loaded_at in workers} == load_times(caplog.text)
 
-    info = describe_bundle(BUNDLE, demo=True)
+    info = prepare_bundle(BUNDLE, demo=True, device="cpu")
     local_rows, ray_rows = report_rows(tmp_path / "local"), report_rows(tmp_path / "ray")
     assert ray_rows[uids["a_short"]]["outcome"] == "skipped"
     pacs = DimseClient(orthanc.aet, "127.0.0.1", orthanc.dicom_port, calling_aet=orthanc.client_aet)
@@ -153,7 +158,8 @@ def test_command_line_joins_an_existing_cluster_and_stores_nothing_twice(orthanc
     rows = report_rows(root)
     assert {rows[uids[name]]["outcome"] for name in ("a", "b", "c")} == {"done"}
     workers = worker_lines(done.stderr)
-    assert len(workers) == 2 and [loads for *_, loads in workers] == [1, 1], done.stderr[-4000:]
+    assert len(workers) == 2, done.stderr[-4000:]
+    assert {pid: loaded_at for _, pid, _, loaded_at in workers} == load_times(done.stderr)
 
 
 def test_sigterm_finishes_the_series_in_flight_then_the_same_command_completes(orthanc, ray_address, tmp_path):
@@ -195,13 +201,13 @@ def test_a_dead_worker_fails_only_its_series_and_is_replaced(orthanc, ray_addres
     """The only actor is killed before its first series: that series fails naming the dead worker, a new actor
     (its own model load) takes the next series, which is stored and confirmed."""
     uids = upload_studies(orthanc, tmp_path)
-    info = describe_bundle(BUNDLE, demo=True)
     options = job(orthanc, tmp_path / "job", "ray", store_pacs=True)
-    spec = dataclasses.replace(options.spec, weights=str(info.weights))  # as run_job resolves it
+    info = options.request.prepare()
+    request = options.request.pinned(info)  # as run_job resolves it
     pacs = DimseClient(orthanc.aet, "127.0.0.1", orthanc.dicom_port, calling_aet=orthanc.client_aet)
     refs = {ref.series_uid: ref for ref in pacs.find_series(QueryFilters(modality="MR"))}
     tasks = [SeriesTask(refs[uids["b"]]), SeriesTask(refs[uids["c"]])]
-    engine = RayEngine(spec, workers=1)
+    engine = RayEngine(options.connection, request, options.outputs, workers=1)
     with Ledger(options.ledger, JobKey(info.name, info.version, info.weights_sha256)) as ledger:
         for task in tasks:
             ledger.enqueue(task.series)
@@ -209,19 +215,20 @@ def test_a_dead_worker_fails_only_its_series_and_is_replaced(orthanc, ray_addres
         ray.kill(engine._actors[0])
         try:
             engine.run(tasks, book, StopRequest())
-            loads = engine.model_loads()
+            workers = engine.describe_workers()
         finally:
             engine.close()
         first, second = (book.results[task.series.series_uid] for task in tasks)
         assert (first.state, first.failed_stage) == ("failed", "engine")
         assert first.reason.startswith("the Ray worker died while processing this series")
         assert second.state == "verified" and engine.actors_started == 2
-        assert [info["model_loads"] for info in loads] == [1]
+        # one live actor, the replacement, which loaded its model and processed the second series
+        assert [worker["processed"] for worker in workers] == [1]
         assert [ledger.get(task.series.series_uid).state for task in tasks] == ["failed", "verified"]
 
 
 def test_c_move_with_several_ray_workers_is_refused(tmp_path):
-    spec = ProcessorSpec(bundle=str(BUNDLE), pacs="ORTHANC@127.0.0.1:4242", results_dir=str(tmp_path),
-                         retrieve="move", storage_port=11113)
-    with pytest.raises(InputError, match="--retrieve move with --engine ray: .*use --retrieve get"):
-        RayEngine(spec, workers=2)
+    connection = PacsConnection("ORTHANC@127.0.0.1:4242", retrieve="move", storage_port=11113)
+    with pytest.raises(InputError, match="retrieve move with engine ray: .*use retrieve=get") as refused:
+        RayEngine(connection, BundleRequest(str(BUNDLE)), OutputOptions(str(tmp_path)), workers=2)
+    assert refused.value.parameter == "retrieve"

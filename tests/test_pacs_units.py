@@ -178,7 +178,7 @@ def test_plan_resumes_each_series_from_its_ledger_state(tmp_path):
         assert starts == {"new": START_RETRIEVE, "queued": START_RETRIEVE, "retrieved": START_RETRIEVE,
                           "inferred": START_STORE, "inferred_gone": START_RETRIEVE, "stored": START_VERIFY}
         assert plan.not_run["verified"] == (OUTCOME_ALREADY_DONE, "")
-        assert plan.not_run["failed"][0] == OUTCOME_FAILED and "--retry-failed" in plan.not_run["failed"][1]
+        assert plan.not_run["failed"][0] == OUTCOME_FAILED and "retry_failed" in plan.not_run["failed"][1]
         retry = plan_batch(selection, ledger, retry_failed=True, results_dir=results)
         starts = {task.series.series_uid: task.start for task in retry.tasks}
         assert starts["failed"] == START_RETRIEVE and starts["failed_store"] == START_STORE
@@ -212,8 +212,9 @@ def test_pacs_specs_and_urls():
     with pytest.raises(PacsError, match="no credentials in the URL"):
         DicomWebClient("http://u:pw@127.0.0.1:8042/dicom-web")
     for spec in ("127.0.0.1:104", "ORTHANC@host", "pacs.example/dicom-web", "A@h:99999"):
-        with pytest.raises(InputError, match="--pacs"):
+        with pytest.raises(InputError, match=f"^pacs {spec}: ") as refused:
             open_pacs(spec)
+        assert refused.value.parameter == "pacs"
 
 
 @pytest.mark.parametrize(
@@ -226,7 +227,11 @@ def test_pacs_specs_and_urls():
         (["--retries", "0"], "--retries 0: at least 1"),
         (["--address", "auto"], "--address: only for --engine ray"),
         (["--device", "gpu"], "--device gpu: expected auto, cpu, cuda or cuda:N"),
-        (["--model", "int8", "--weights", "/nonexistent/model.onnx"], "/nonexistent/model.onnx: model file not found"),
+        (["--model", "int8", "--weights", "/nonexistent/model.onnx"], "--weights /nonexistent/model.onnx: no such"),
+        (["--model", "int8"], "--model int8: the demo weights are a torch checkpoint; use torch or auto, or give "
+                              "--weights <an ONNX model exported from them>"),
+        (["--set", "network_def#feature=[8]"], "--set network_def#feature: the bundle has no config id"),
+        (["--pacs", "ORTHANC@host"], "--pacs ORTHANC@host: expected a DICOMweb URL"),
     ],
 )
 def test_bad_options_are_one_line_errors(tmp_path, capsys, options, words):

@@ -190,7 +190,7 @@ def try_it_block() -> str:
     return fenced_blocks(text[start:])[0]
 
 
-@pytest.mark.slow
+@pytest.mark.training
 def test_try_it_recipe_learns_to_the_promised_dice(tmp_path):
     block = try_it_block()
     assert block.count(TRY_IT_DATA) >= 4
@@ -219,4 +219,19 @@ def test_try_it_recipe_learns_to_the_promised_dice(tmp_path):
     test_dice = float(next(value for key, value in metrics.items() if key.endswith("mean_dice")))
     assert abs(float(printed[-1][1]) - test_dice) < 1e-3
     assert test_dice > TRY_IT_BAR, (metrics, validation)
-    assert seconds < 600, f"the recipe took {seconds:.0f} s"
+    print(f"the recipe took {seconds:.0f} s")  # timings differ between CPUs: reported, never asserted
+
+
+def test_python_section_runs_as_written_and_prints_what_ran(tmp_path):
+    """README's "## Python" block, run from the repository folder with its output folder moved into the test's."""
+    (block,) = fenced_blocks(section(readme(), "Python"), "python")
+    assert block.count('"/tmp/brain_py"') == 1
+    script = block.replace('"/tmp/brain_py"', repr(str(tmp_path / "brain_py")))
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert [line.split()[:2] for line in lines[:2]] == [["mr_series", "True"], ["mr_volume", "True"]]
+    assert lines[-1].split()[0] == "torch" and lines[-1].endswith("True")  # the demo weights, said
+    assert (tmp_path / "brain_py" / "mr_series_seg.dcm").is_file()

@@ -11,14 +11,15 @@ with its one-line message and exit status 2 instead of a traceback.
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
+import json
+import re
 import sys
 from collections.abc import Sequence
 
-from custom_networks.errors import InputError, find_input_error
+from custom_networks.errors import InputError, closest, find_input_error
 
-__all__ = ["COMMANDS", "main", "closest"]
+__all__ = ["COMMANDS", "flag_message", "main", "parse_assignments"]
 
 # command -> (module, one-line help); later commands (PACS batch jobs, ablation studies) add themselves here
 COMMANDS = {
@@ -28,6 +29,8 @@ COMMANDS = {
 }
 PROG = "attention-unets"
 EXIT_USAGE = 2
+# library parameters whose option is not simply --<parameter> (see flag_message)
+_OPTION_OF_PARAMETER = {"overrides": "--set"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -37,10 +40,34 @@ class OneLineParser(argparse.ArgumentParser):
         raise InputError(f"{self.prog}: {message} (see --help)")
 
 
-def closest(word: str, choices: Sequence[str]) -> str | None:
-    """The choice most like ``word``, if any is reasonably close."""
-    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
-    return found[0] if found else None
+def parse_assignments(pairs: Sequence[str], option: str = "--set") -> dict[str, object]:
+    """``ID=VALUE`` pairs as ``{id: value}``, each value read as JSON when it parses, else kept as text."""
+    values: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"{option} {pair}: expected ID=VALUE")
+        try:
+            values[key] = json.loads(text)
+        except json.JSONDecodeError:
+            values[key] = text
+    return values
+
+
+def flag_message(error: InputError) -> str:
+    """``error``'s message as the command line says it: the library's parameter names as options, the one the
+    message starts with (``bundle x: ...`` -> ``--bundle x: ...``) and ``name=`` mentions (``demo=True`` ->
+    ``--demo``, ``weights=FILE`` -> ``--weights FILE``)."""
+    message = str(error)
+    parameter = getattr(error, "parameter", None)
+    if parameter and message.startswith(parameter):
+        message = _flag(parameter) + message[len(parameter):]
+    message = re.sub(r"\b([a-z_]+)=True\b", lambda match: _flag(match[1]), message)
+    return re.sub(r"\b([a-z_]+)=(?=\S)", lambda match: _flag(match[1]) + " ", message)
+
+
+def _flag(parameter: str) -> str:
+    return _OPTION_OF_PARAMETER.get(parameter, "--" + parameter.replace("_", "-"))
 
 
 def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
@@ -88,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         found = find_input_error(error)
         if found is None:
             raise
-        print(f"error: {found}", file=sys.stderr)
+        print(f"error: {flag_message(found)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

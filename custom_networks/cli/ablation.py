@@ -21,15 +21,17 @@ examples:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from custom_networks.cli import parse_assignments
 from custom_networks.errors import InputError
+from custom_networks.runtime.locate import bundles_dir
 
 __all__ = ["REPOSITORY", "add_arguments", "run", "settings_line"]
 
-REPOSITORY = Path(__file__).resolve().parents[2]
+# the folder holding the bundles and their sources (the repository in a checkout): no study output goes there
+REPOSITORY = bundles_dir().parent
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,19 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--set", action="append", default=[], metavar="ID=VALUE",
                         help="override a bundle config id (JSON value) in every run; repeatable")
-
-
-def _overrides(pairs: list[str]) -> dict:
-    overrides = {}
-    for pair in pairs:
-        key, separator, text = pair.partition("=")
-        if not separator or not key:
-            raise InputError(f"--set {pair}: expected ID=VALUE")
-        try:
-            overrides[key] = json.loads(text)
-        except json.JSONDecodeError:
-            overrides[key] = text
-    return overrides
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -150,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         sweep_variants=tuple(args.sweep_variants) if args.sweep_variants else None,
         widths=tuple(args.widths) if args.widths else None,
         spatial_size=args.spatial_size, batch_size=args.batch_size, device=device, max_minutes=args.max_minutes,
-        variants=tuple(args.variants) if args.variants else None, overrides=_overrides(args.set),
+        variants=tuple(args.variants) if args.variants else None, overrides=parse_assignments(args.set),
     )
     results, counts = run_study(study, settings)
     if not results:

@@ -1,11 +1,13 @@
 """
-Segment every matching series of a PACS with a bundle and store the DICOM SEGs back: a resumable batch job.
+Segment every matching series of a PACS with a bundle and store the results back: a resumable batch job.
 
 The PACS is a DICOMweb base URL (QIDO-RS, WADO-RS, STOW-RS) or a DIMSE peer AE@host:port (C-FIND, C-GET or C-MOVE,
-C-STORE). Per series: retrieve, run the bundle's own inference pipeline (model loaded once), write the SEG with
-UIDs derived from the series, bundle, version and weights (so a re-run never adds a second SEG), store it,
-confirm it by querying it back. A SQLite ledger (--ledger) records each series' state: a re-run skips finished
-series, resumes interrupted ones and, with --retry-failed, retries failures. The report folder gets series.csv,
+C-STORE). Per series: retrieve, run the bundle's own inference pipeline (model loaded once), write the DICOM SEG,
+the DICOM SR measurement report (segment volumes, intensity mean and standard deviation, referencing the SEG) and,
+with --secondary-capture, the overlay as a Secondary Capture, all with UIDs derived from the series, bundle,
+version and weights (so a re-run never adds a second copy), store them, confirm each by querying it back. A
+SQLite ledger (--ledger) records each series' state: a re-run skips finished series, resumes interrupted ones
+and, with --retry-failed, retries failures. The report folder gets series.csv,
 series.json and index.html (overlay thumbnails). Credentials come from PACS_USERNAME/PACS_PASSWORD or PACS_TOKEN,
 or --credentials FILE (JSON), and are never printed. Exit status: 0 all done, 1 some failed, 2 bad options or
 credentials, 130 stopped early (SIGINT/SIGTERM: the series in flight is finished first; a second signal abandons it).
@@ -27,7 +29,9 @@ import re
 import sys
 from pathlib import Path
 
+from custom_networks.cli import parse_assignments
 from custom_networks.errors import InputError
+from custom_networks.runtime.bundle_run import MODEL_CHOICES
 
 __all__ = ["add_arguments", "run"]
 
@@ -57,14 +61,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--storage-port", type=int, help="DIMSE C-MOVE: port of this job's storage SCP")
 
     model = parser.add_argument_group("bundle")
-    model.add_argument("--bundle", required=True, help="bundle folder, or the name of one in bundles/")
-    model.add_argument("--model", choices=("torch", "onnx", "int8"), default="torch",
-                       help="torch checkpoint, fp32 ONNX or static int8 ONNX")
+    model.add_argument("--bundle", required=True, help="bundle folder, or the name of a shipped bundle")
+    model.add_argument("--model", choices=MODEL_CHOICES, default="auto",
+                       help="torch checkpoint, fp32 ONNX or static int8 ONNX (the file this CPU runs exactly); auto "
+                            "(default): int8 on the CPU when the export verified it for models/model.pt, else torch")
     model.add_argument("--weights", type=Path, help="model file instead of the one in <bundle>/models/")
     model.add_argument("--demo", action="store_true", help="the bundle's demo weights (a pipeline check only)")
     model.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     model.add_argument("--set", action="append", default=[], metavar="ID=VALUE",
                        help="override a bundle config id (JSON value); repeatable")
+    model.add_argument("--secondary-capture", action="store_true",
+                       help="also store the overlay as a DICOM Secondary Capture (PACS viewers without SEG support)")
 
     job = parser.add_argument_group("job")
     job.add_argument("--ledger", required=True, type=Path, help="SQLite job ledger (created if new)")
@@ -106,9 +113,6 @@ def _stores(text: str) -> set[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from custom_networks.cli.infer import _overrides_from_set, bundle_folder, config_ids
-
-    bundle = bundle_folder(args.bundle)
     stores = _stores(args.store)
     if "folder" in stores and args.output is None:
         raise InputError("--store folder: give the folder with --output")
@@ -118,45 +122,41 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--retries {args.retries}: at least 1 (one attempt, no retry)")
     if args.engine == "local" and args.address:
         raise InputError("--address: only for --engine ray")
-    if args.device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", args.device):
-        raise InputError(f"--device {args.device}: expected auto, cpu, cuda or cuda:N")
-    if args.device.startswith("cuda") and args.engine == "local":
-        import torch
-
-        # (on Ray the driver may have no GPU while the workers' nodes do)
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {args.device}: this torch build or machine has no CUDA device; use cpu")
-    configs = [bundle / "configs" / "inference.json", bundle / "configs" / "demo.json",
-               bundle / "configs" / "inference_onnx.json"]
-    overrides = _overrides_from_set(args.set, config_ids([path for path in configs if path.is_file()]))
 
     from custom_networks.pacs.client import PacsError, QueryFilters
+    from custom_networks.pacs.connect import PacsConnection
     from custom_networks.pacs.credentials import load_credentials
     from custom_networks.pacs.job import JobOptions, run_job
-    from custom_networks.pacs.processor import ProcessorSpec
+    from custom_networks.pacs.processor import OutputOptions
     from custom_networks.pacs.retry import RetryPolicy
+    from custom_networks.runtime import BundleRequest
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     ledger = args.ledger.resolve()
     work_dir = (args.work_dir or ledger.with_name(ledger.name + ".work")).resolve()
-    spec = ProcessorSpec(
-        bundle=str(bundle),
+    connection = PacsConnection(
         pacs=args.pacs,
-        results_dir=str(work_dir / "results"),
+        credentials=load_credentials(args.credentials, args.ca_file),
+        timeout_s=args.timeout,
+        retry=RetryPolicy(attempts=args.retries, initial_delay_s=args.backoff, max_delay_s=max(30.0, args.backoff)),
+        calling_aet=args.calling_aet,
+        storage_port=args.storage_port,
+        retrieve=args.retrieve,
+    )
+    request = BundleRequest(
+        bundle=args.bundle,
         model=args.model,
         weights=str(args.weights.resolve()) if args.weights else None,
         demo=args.demo,
         device=args.device,
-        overrides=overrides,
-        credentials=load_credentials(args.credentials, args.ca_file),
-        timeout_s=args.timeout,
-        retry=RetryPolicy(attempts=args.retries, initial_delay_s=args.backoff, max_delay_s=max(30.0, args.backoff)),
+        overrides={**parse_assignments(args.set), **({"save_secondary_capture": True} if args.secondary_capture
+                                                      else {})},
+    )
+    outputs = OutputOptions(
+        results_dir=str(work_dir / "results"),
         store_pacs="pacs" in stores,
         output_dir=str(args.output.resolve()) if "folder" in stores else None,
         write_nifti=args.nifti,
-        calling_aet=args.calling_aet,
-        storage_port=args.storage_port,
-        retrieve=args.retrieve,
     )
     filters = QueryFilters(
         modality=args.modality,
@@ -165,9 +165,10 @@ def run(args: argparse.Namespace) -> int:
         study_uids=_listed(args.study_uid),
         accession_numbers=_listed(args.accession),
     )
-    options = JobOptions(spec, filters, ledger, args.report.resolve(), work_dir, retry_failed=args.retry_failed,
-                         engine=args.engine, address=args.address, workers=args.workers, watch=args.watch,
-                         poll_interval_s=args.poll_interval, max_polls=args.max_polls)
+    options = JobOptions(connection, request, outputs, filters, ledger, args.report.resolve(), work_dir,
+                         retry_failed=args.retry_failed, engine=args.engine, address=args.address,
+                         workers=args.workers, watch=args.watch, poll_interval_s=args.poll_interval,
+                         max_polls=args.max_polls)
     try:
         return run_job(options)
     except PacsError as error:

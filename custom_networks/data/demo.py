@@ -36,9 +36,11 @@ __all__ = [
     "blur",
     "gaussian_noise",
     "head_geometry",
+    "head_slice",
     "random_wobble",
     "smooth_noise",
     "tumour_in_brain",
+    "ventricle_radius",
 ]
 
 DEMO_TASKS = ("brain_tumor", "lgg", "montgomery", "shenzhen", "isic2018")
@@ -155,6 +157,26 @@ def head_geometry(rng: np.random.Generator, shape: tuple[int, int]) -> dict:
     }
 
 
+def head_slice(rng: np.random.Generator, r_head: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One axial slice of the head drawn in [0, 1] (scalp, skull ring, textured brain inside ``r_head`` < 0.83),
+    and the fine and coarse noise fields its texture used (the lesions reuse them)."""
+    size = max(r_head.shape)
+    fine, coarse = smooth_noise(rng, r_head.shape, size / 48), smooth_noise(rng, r_head.shape, size / 10)
+    image = np.zeros(r_head.shape, np.float32)
+    image[r_head < 1.0] = 0.72
+    image[r_head < 0.93] = 0.08
+    image[r_head < 0.87] = 0.22
+    image = np.where(r_head < 0.83, 0.42 + 0.045 * coarse + 0.035 * fine, image)
+    return image, fine, coarse
+
+
+def ventricle_radius(shape: tuple[int, int], head: dict, side: float, wobble: np.ndarray) -> np.ndarray:
+    """Normalised radius of the lateral ventricle on ``side`` (-1 or 1) of a head of :func:`head_geometry`."""
+    size = max(shape)
+    centre = (head["centre"][0] - 0.05 * size, head["centre"][1] + side * 0.035 * size)
+    return blob_radius(shape, centre, (0.09 * size, 0.025 * size), head["angle"] + side * 0.25, wobble)
+
+
 def tumour_in_brain(
     rng: np.random.Generator, head: dict, area: float
 ) -> tuple[tuple[float, float], tuple[float, float], float, np.ndarray]:
@@ -185,20 +207,9 @@ def _brain_slice(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
         if _LESION_AREA[0] <= mask.mean() <= _LESION_AREA[1]:
             break
 
-    fine, coarse = smooth_noise(rng, shape, size / 48), smooth_noise(rng, shape, size / 10)
-    image = np.zeros(shape, np.float32)
-    image[r_head < 1.0] = 0.72
-    image[r_head < 0.93] = 0.08
-    image[r_head < 0.87] = 0.22
-    image = np.where(brain, 0.42 + 0.045 * coarse + 0.035 * fine, image)
+    image, fine, coarse = head_slice(rng, r_head)
     for side in (-1.0, 1.0):
-        ventricle = blob_radius(
-            shape,
-            (head["centre"][0] - 0.05 * size, head["centre"][1] + side * 0.035 * size),
-            (0.09 * size, 0.025 * size),
-            head["angle"] + side * 0.25,
-            random_wobble(rng, 0.1),
-        )
+        ventricle = ventricle_radius(shape, head, side, random_wobble(rng, 0.1))
         image = np.where((ventricle < 1.0) & ~mask, 0.18, image)
     for r in radii:
         inside = (r < 1.0) & brain

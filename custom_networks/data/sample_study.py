@@ -30,9 +30,11 @@ from custom_networks.data.demo import (
     blur,
     gaussian_noise,
     head_geometry,
+    head_slice,
     random_wobble,
     smooth_noise,
     tumour_in_brain,
+    ventricle_radius,
 )
 
 __all__ = [
@@ -99,12 +101,7 @@ def _slice_image(
     size = max(shape)
     brain = r_head < 0.83
     mask = (r_tumour < 1.0) & brain
-    fine, coarse = smooth_noise(rng, shape, size / 48), smooth_noise(rng, shape, size / 10)
-    image = np.zeros(shape, np.float32)
-    image[r_head < 1.0] = 0.72
-    image[r_head < 0.93] = 0.08
-    image[r_head < 0.87] = 0.22
-    image = np.where(brain, 0.42 + 0.045 * coarse + 0.035 * fine, image)
+    image, fine, _coarse = head_slice(rng, r_head)
     for ventricle in ventricles:
         image = np.where((ventricle < 1.0) & brain & ~mask, 0.18, image)
     image = np.where(mask, 0.76 + 0.06 * fine, image)
@@ -148,16 +145,7 @@ def make_sample_study(
         ventricles = []
         if abs(position) < 0.5:
             for side, ventricle_wobble in zip((-1.0, 1.0), ventricle_wobbles, strict=True):
-                ventricle_centre = (head["centre"][0] - 0.05 * size, head["centre"][1] + side * 0.035 * size)
-                ventricles.append(
-                    blob_radius(
-                        plane,
-                        ventricle_centre,
-                        (0.09 * size, 0.025 * size),
-                        head["angle"] + side * 0.25,
-                        ventricle_wobble,
-                    )
-                )
+                ventricles.append(ventricle_radius(plane, head, side, ventricle_wobble))
         t = (z + 0.5 - tumour_centre) / tumour_half_extent
         if with_lesion and abs(t) < 1.0:
             scale = (1.0 - t**2) ** 0.35

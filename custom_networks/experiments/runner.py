@@ -27,9 +27,9 @@ from custom_networks.atomic_files import atomic_path
 from custom_networks.errors import InputError
 from custom_networks.experiments.provenance import machine, versions
 from custom_networks.experiments.studies import Study, Variant, stock_network_def
+from custom_networks.runtime import build_workflow, bundle_folder, check_overrides
 
 __all__ = [
-    "REPOSITORY_BUNDLES",
     "Run",
     "StudySettings",
     "bundle_config",
@@ -42,7 +42,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-REPOSITORY_BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 RESULT_FILE = "result.json"
 # per-case metric -> the evaluate config's detail file (MetricsSaver's "<metric>_raw.csv")
 CASE_FILES = {"dice": "test_mean_dice_raw.csv", "iou": "test_mean_iou_raw.csv", "hd95": "test_hd95_raw.csv"}
@@ -70,8 +69,8 @@ class StudySettings:
         device: "cpu", "cuda" or "cuda:N".
         max_minutes: wall-time budget per training run, checked after each epoch; None: epochs only.
         variants: names of the variants to run; None runs them all.
-        overrides: further bundle config overrides for every run.
-        bundles_dir: folder holding the bundles.
+        overrides: further bundle config overrides for every run (checked against the bundle's train.json).
+        bundles_dir: folder holding the bundles (``None``: the shipped ones).
     """
 
     dataset_dir: Path
@@ -89,7 +88,7 @@ class StudySettings:
     max_minutes: float | None = None
     variants: tuple[str, ...] | None = None
     overrides: dict = field(default_factory=dict)
-    bundles_dir: Path = REPOSITORY_BUNDLES
+    bundles_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -113,12 +112,18 @@ def bundle_config(settings: StudySettings, study: Study) -> dict:
     """The study bundle's ``configs/train.json`` as a dict (unresolved)."""
     from monai.bundle import ConfigParser
 
-    path = settings.bundles_dir / study.bundle / "configs" / "train.json"
+    path = _configs(settings, study) / "train.json"
     if not path.is_file():
         raise InputError(f"{path}: no such bundle config (bundle {study.bundle})")
+    check_overrides(settings.overrides, [path])
     parser = ConfigParser()
     parser.read_config(path)
     return parser.get()
+
+
+def _configs(settings: StudySettings, study: Study) -> Path:
+    folder = settings.bundles_dir / study.bundle if settings.bundles_dir else bundle_folder(study.bundle)
+    return folder / "configs"
 
 
 def _replicates(settings: StudySettings) -> list[tuple[int, int | None]]:
@@ -218,19 +223,16 @@ def run_one(study: Study, run: Run, settings: StudySettings, bundle: dict, study
     """Train and test one run in its folder and write its ``result.json``; returns the result."""
     import torch
     from ignite.engine import Events
-    from monai.bundle import ConfigWorkflow
 
     run_dir = run.folder(study_dir)
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a run that stopped before its result.json: start it again
     run_dir.mkdir(parents=True)
-    configs = settings.bundles_dir / study.bundle / "configs"
+    configs = _configs(settings, study)
     overrides = run_overrides(study, run, settings, bundle, run_dir)
 
     start = time.perf_counter()
-    train = ConfigWorkflow(config_file=[str(configs / "train.json")], logging_file=False, workflow_type="train",
-                           **overrides)
-    train.initialize()
+    train = build_workflow([configs / "train.json"], "train", overrides)
     if settings.max_minutes:
         trainer = train.parser.get_parsed_content("train#trainer")
         trainer.add_event_handler(Events.EPOCH_COMPLETED, _stop_after(settings.max_minutes))
@@ -243,9 +245,8 @@ def run_one(study: Study, run: Run, settings: StudySettings, bundle: dict, study
 
     start = time.perf_counter()
     test_dir = run_dir / "test"
-    evaluate = ConfigWorkflow(config_file=[str(configs / "train.json"), str(configs / "evaluate.json")],
-                              logging_file=False, workflow_type="eval", **{**overrides, "output_dir": str(test_dir)})
-    evaluate.initialize()
+    evaluate = build_workflow([configs / "train.json", configs / "evaluate.json"], "eval",
+                              {**overrides, "output_dir": str(test_dir)})
     evaluate.run()
     evaluate.finalize()
     eval_seconds = time.perf_counter() - start
@@ -306,7 +307,7 @@ def _load_or_run(study: Study, run: Run, settings: StudySettings, bundle: dict, 
             changed = sorted(k for k in planned.keys() | result["config"].keys()
                              if planned.get(k) != result["config"].get(k))
             raise InputError(f"{result_file}: finished with other settings ({', '.join(changed)}); give another "
-                             "--output, or delete the run folder to train it again")
+                             "output_dir, or delete the run folder to train it again")
         counts["skipped"] += first_time
         return result
     logger.info("study %s: training %s at lr %g, %s", study.key, run.variant.name, run.learning_rate, run.replicate)

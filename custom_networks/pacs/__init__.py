@@ -2,11 +2,11 @@
 DICOM SEGs back; resumable from a SQLite ledger, idempotent, fault tolerant, locally or on Ray (``docs/pacs.md``).
 
 The modules, from the protocol up: ``client`` (what a PACS connection offers), ``credentials``, ``retry``,
-``dicomweb`` and ``dimse`` (the two protocols), ``connect`` (``open_pacs``), ``pipeline`` (the bundle's own
-inference workflow, model loaded once), ``processor`` (one series: retrieve, segment, store, verify),
-``selection`` (the bundle's series rules per study), ``ledger``, ``engine`` (plan, record, the local engine),
-``ray_engine``, ``report`` and ``job`` (the whole job, watch mode included). Only ``client`` is imported here, so
-that importing the package stays cheap; torch and MONAI load with ``pipeline``.
+``dicomweb`` and ``dimse`` (the two protocols), ``connect`` (``PacsConnection``, ``open_pacs``), ``processor``
+(one series: retrieve, segment with the bundle runtime's ``Segmenter``, store, verify), ``selection`` (the
+bundle's series rules per study), ``ledger``, ``engine`` (plan, record, the local engine), ``ray_engine``,
+``report`` and ``job`` (the whole job, watch mode included). Only ``client`` is imported here, so that importing
+the package stays cheap; torch and MONAI load when a processor builds its segmenter.
 """
 
 from __future__ import annotations

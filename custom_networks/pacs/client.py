@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ __all__ = [
     "QueryFilters",
     "SeriesRef",
     "TransientPacsError",
+    "description_matches",
 ]
 
 
@@ -47,6 +49,13 @@ class QueryFilters:
     series_description: str | None = None
     study_uids: tuple[str, ...] = field(default_factory=tuple)
     accession_numbers: tuple[str, ...] = field(default_factory=tuple)
+
+
+def description_matches(pattern: str | None, description: str) -> bool:
+    """Whether SeriesDescription ``description`` matches the shell pattern ``pattern`` (``*``, ``?``, ``[...]``),
+    case-insensitively on every platform; no pattern matches everything. Both protocols filter with this: DICOM
+    wildcard matching is case-sensitive and PACS differ in what they do with it."""
+    return not pattern or fnmatch.fnmatchcase(description.lower(), pattern.lower())
 
 
 @dataclass(frozen=True)

@@ -63,11 +63,12 @@ def load_credentials(
     values = {key: value or None for key, value in values.items()}
     if ca_file is not None:
         values["ca_file"] = str(ca_file)
-    where = f"--credentials {file}" if file is not None else f"{ENV_USERNAME}/{ENV_PASSWORD}/{ENV_TOKEN}"
+    where = f"credentials {file}" if file is not None else f"{ENV_USERNAME}/{ENV_PASSWORD}/{ENV_TOKEN}"
+    parameter = "credentials" if file is not None else None
     if values.get("token") and values.get("username"):
-        raise InputError(f"{where}: give a username and password or a token, not both")
+        raise InputError(f"{where}: give a username and password or a token, not both", parameter=parameter)
     if values.get("password") and not values.get("username"):
-        raise InputError(f"{where}: a password without a username")
+        raise InputError(f"{where}: a password without a username", parameter=parameter)
     if values.get("ca_file") and not Path(values["ca_file"]).is_file():
         raise InputError(f"CA file {values['ca_file']}: no such file")
     return Credentials(**values)
@@ -75,15 +76,17 @@ def load_credentials(
 
 def _read_file(path: Path) -> dict:
     if not path.is_file():
-        raise InputError(f"--credentials {path}: no such file")
+        raise InputError(f"credentials {path}: no such file", parameter="credentials")
     try:
         values = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         # the message of a JSON error quotes the file's text, which may hold the secret: only say where
-        raise InputError(f"--credentials {path}: not a JSON object (line {getattr(error, 'lineno', '?')})") from None
+        raise InputError(f"credentials {path}: not a JSON object (line {getattr(error, 'lineno', '?')})",
+                         parameter="credentials") from None
     if not isinstance(values, dict):
-        raise InputError(f"--credentials {path}: not a JSON object")
+        raise InputError(f"credentials {path}: not a JSON object", parameter="credentials")
     unknown = sorted(set(values) - set(_FILE_FIELDS))
     if unknown:
-        raise InputError(f"--credentials {path}: unknown field(s) {unknown}; known: {list(_FILE_FIELDS)}")
+        raise InputError(f"credentials {path}: unknown field(s) {unknown}; known: {list(_FILE_FIELDS)}",
+                         parameter="credentials")
     return {key: None if values.get(key) is None else str(values[key]) for key in _FILE_FIELDS}

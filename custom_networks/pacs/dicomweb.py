@@ -9,7 +9,6 @@ server without its credentials, and retrieved instances written under a temporar
 from __future__ import annotations
 
 import errno
-import fnmatch
 import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,7 +20,14 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 
 from custom_networks.atomic_files import atomic_path
-from custom_networks.pacs.client import PacsAuthError, PacsError, QueryFilters, SeriesRef, TransientPacsError
+from custom_networks.pacs.client import (
+    PacsAuthError,
+    PacsError,
+    QueryFilters,
+    SeriesRef,
+    TransientPacsError,
+    description_matches,
+)
 from custom_networks.pacs.credentials import Credentials
 
 __all__ = ["DicomWebClient", "public_url"]
@@ -84,9 +90,7 @@ class DicomWebClient:
                 found += self._call(f"QIDO-RS series query of study {uid}", lambda uid=uid: query(
                     uid, fields=_SERIES_FIELDS, search_filters=modality, get_remaining=True))
         series = [_series_ref(item) for item in found]
-        if filters.series_description:
-            pattern = filters.series_description.lower()
-            series = [s for s in series if fnmatch.fnmatchcase(s.series_description.lower(), pattern)]
+        series = [s for s in series if description_matches(filters.series_description, s.series_description)]
         return sorted(series, key=lambda s: (s.study_uid, s.series_number or 0, s.series_uid))
 
     def _filtered_studies(self, filters: QueryFilters, date: dict) -> list[str] | None:

@@ -15,7 +15,6 @@ IMAGE-level query listed, so a retrieve never leaves a partial or foreign file i
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import socket
 import ssl
@@ -53,7 +52,14 @@ from pynetdicom.sop_class import (
 
 from custom_networks.atomic_files import atomic_path
 from custom_networks.errors import InputError
-from custom_networks.pacs.client import PacsAuthError, PacsError, QueryFilters, SeriesRef, TransientPacsError
+from custom_networks.pacs.client import (
+    PacsAuthError,
+    PacsError,
+    QueryFilters,
+    SeriesRef,
+    TransientPacsError,
+    description_matches,
+)
 
 __all__ = ["DimseClient"]
 
@@ -131,10 +137,10 @@ class DimseClient:
         tls: ssl.SSLContext | None = None,
     ) -> None:
         if retrieve not in ("get", "move"):
-            raise InputError(f"--retrieve {retrieve}: expected get (C-GET) or move (C-MOVE)")
+            raise InputError(f"retrieve {retrieve}: expected get (C-GET) or move (C-MOVE)", parameter="retrieve")
         if retrieve == "move" and storage_port is None:
-            raise InputError("--retrieve move: give --storage-port, the port of this job's storage SCP that the "
-                             "PACS sends the instances to")
+            raise InputError("retrieve move: give storage_port=<port>, the port of this job's storage SCP that the "
+                             "PACS sends the instances to", parameter="retrieve")
         self.called_aet, self.host, self.port = called_aet, host, int(port)
         self.calling_aet = calling_aet
         self.storage_port, self.storage_host = storage_port, storage_host
@@ -191,7 +197,7 @@ class DimseClient:
             if any(a == str(abstract) and transfer in (None, t) for a, t in accepted):
                 continue
             what = UID(abstract).name + (f" in {UID(transfer).name}" if transfer else "")
-            hint = "; try --retrieve move" if abstract == StudyRootQueryRetrieveInformationModelGet else ""
+            hint = "; try retrieve=move (C-MOVE)" if abstract == StudyRootQueryRetrieveInformationModelGet else ""
             raise PacsError(f"{self.name}: the PACS does not accept {what}{hint}")
 
     def _association_error(self, assoc: Association, connected: bool, contexts: list) -> PacsError:
@@ -473,5 +479,4 @@ def _series_ref(study_uid: str, series: Dataset) -> SeriesRef | None:
 def _matches(ref: SeriesRef, filters: QueryFilters) -> bool:
     if filters.modality and ref.modality.upper() != filters.modality.upper():
         return False
-    pattern = filters.series_description
-    return not pattern or fnmatch.fnmatch(ref.series_description.lower(), pattern.lower())
+    return description_matches(filters.series_description, ref.series_description)

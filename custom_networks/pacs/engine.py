@@ -121,7 +121,8 @@ def plan_batch(selection: Selection, ledger: Ledger, retry_failed: bool, results
         if row.state == STATE_VERIFIED:
             not_run[ref.series_uid] = (OUTCOME_ALREADY_DONE, "")
         elif row.state == STATE_FAILED and not retry_failed:
-            not_run[ref.series_uid] = (OUTCOME_FAILED, f"failed earlier (use --retry-failed): {row.last_error}")
+            not_run[ref.series_uid] = (OUTCOME_FAILED,
+                                       f"failed earlier (retry_failed=True processes it again): {row.last_error}")
         elif row.state == STATE_STORED:
             tasks.append(SeriesTask(ref, START_VERIFY))
         elif seg_kept and (row.state == STATE_INFERRED or row.failed_stage in ("store", "verify")):

@@ -23,11 +23,10 @@ from pathlib import Path
 from custom_networks.atomic_files import TEMP_PREFIX
 from custom_networks.errors import InputError
 from custom_networks.pacs.client import PacsAuthError, PacsError, QueryFilters
-from custom_networks.pacs.connect import open_pacs
+from custom_networks.pacs.connect import PacsConnection
 from custom_networks.pacs.engine import BatchBook, BatchPlan, LocalEngine, StopRequest, plan_batch
 from custom_networks.pacs.ledger import STATE_VERIFIED, JobKey, Ledger
-from custom_networks.pacs.pipeline import describe_bundle
-from custom_networks.pacs.processor import ProcessorSpec, SeriesProcessor
+from custom_networks.pacs.processor import OutputOptions, SeriesProcessor
 from custom_networks.pacs.report import (
     OUTCOME_DONE,
     OUTCOME_FAILED,
@@ -38,6 +37,7 @@ from custom_networks.pacs.report import (
 )
 from custom_networks.pacs.retry import with_retries
 from custom_networks.pacs.selection import select_per_study
+from custom_networks.runtime import BundleRequest
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "JobOptions", "run_job"]
 
@@ -47,15 +47,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class JobOptions:
-    """A job as the command line gives it.
+    """A whole job.
 
     Args:
-        spec: how each series is processed (bundle, model, PACS, stores).
+        connection: the PACS.
+        request: the bundle and model each series runs through.
+        outputs: where the SEGs go.
         filters: which series the query returns.
         ledger: the SQLite ledger file.
         report_dir: where the report goes.
-        work_dir: scratch space (retrieved series; SEGs waiting to be stored in ``work_dir/results``, which is
-            ``spec.results_dir``).
+        work_dir: scratch space (retrieved series; SEGs waiting to be stored in ``outputs.results_dir``).
         retry_failed: process series that failed in an earlier run again.
         engine: ``"local"`` or ``"ray"``.
         address: Ray cluster address (``None``: a local Ray instance).
@@ -65,7 +66,9 @@ class JobOptions:
         max_polls: stop watching after this many polls (``None``: until stopped).
     """
 
-    spec: ProcessorSpec
+    connection: PacsConnection
+    request: BundleRequest
+    outputs: OutputOptions
     filters: QueryFilters
     ledger: Path
     report_dir: Path
@@ -87,15 +90,16 @@ def _ledger_lock(ledger: Path) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise InputError(f"--ledger {ledger}: another job is running with this ledger") from None
+            raise InputError(f"ledger {ledger}: another job is running with this ledger", parameter="ledger") from None
         yield
 
 
 def _clean_leftovers(options: JobOptions) -> None:
     """What a killed run leaves: its scratch folder and half-written files (``.partial-*``) of any output."""
     shutil.rmtree(options.work_dir / "tmp", ignore_errors=True)
-    results = Path(options.spec.results_dir)
-    for folder in (results, options.report_dir, Path(options.spec.output_dir) if options.spec.output_dir else None):
+    results = Path(options.outputs.results_dir)
+    output_dir = options.outputs.output_dir
+    for folder in (results, options.report_dir, Path(output_dir) if output_dir else None):
         if folder is None or not folder.is_dir():
             continue
         for path in folder.rglob(f"{TEMP_PREFIX}*"):
@@ -117,14 +121,16 @@ def _remove_empty(folder: Path) -> None:
 
 def _make_engine(options: JobOptions, pacs):
     if options.engine == "local":
-        return LocalEngine(SeriesProcessor(options.spec, pacs), options.work_dir / "tmp")
+        processor = SeriesProcessor.build(options.connection, options.request, options.outputs, pacs=pacs)
+        return LocalEngine(processor, options.work_dir / "tmp")
     if options.engine == "ray":
         try:
             from custom_networks.pacs.ray_engine import RayEngine
         except ImportError as error:
-            raise InputError(f"--engine ray: the Ray engine is not available ({error})") from None
-        return RayEngine(options.spec, address=options.address, workers=options.workers)
-    raise InputError(f"--engine {options.engine}: expected local or ray")
+            raise InputError(f"engine ray: the Ray engine is not available ({error})", parameter="engine") from None
+        return RayEngine(options.connection, options.request, options.outputs, address=options.address,
+                         workers=options.workers)
+    raise InputError(f"engine {options.engine}: expected local or ray", parameter="engine")
 
 
 def _rows(plan: BatchPlan, book: BatchBook, report_dir: Path) -> list[ReportRow]:
@@ -140,14 +146,13 @@ def _rows(plan: BatchPlan, book: BatchBook, report_dir: Path) -> list[ReportRow]
             outcome, reason = OUTCOME_NOT_RUN, "abandoned in flight (interrupted); the next run resumes it"
         thumbnail = thumbnail_path(report_dir, uid)
         rows.append(ReportRow(
-            series.study_uid, uid, series.modality, series.series_description, series.series_number,
-            entry.state if entry else "", outcome, reason, entry.attempts if entry else 0,
+            series, entry.state if entry else "", outcome, reason, entry.attempts if entry else 0,
             entry.seg_series_uid if entry else "", entry.seg_sop_uid if entry else "",
             tuple(entry.segments) if entry else (), dict(entry.seconds) if entry else {},
             dict(entry.files) if entry else {},
             str(thumbnail.relative_to(report_dir)) if thumbnail.is_file() else "",
         ))
-    return sorted(rows, key=lambda row: (row.study_uid, row.series_number or 0, row.series_uid))
+    return sorted(rows, key=lambda row: (row.series.study_uid, row.series.series_number or 0, row.series.series_uid))
 
 
 def run_job(options: JobOptions) -> int:
@@ -158,15 +163,14 @@ def run_job(options: JobOptions) -> int:
     """
     with _ledger_lock(options.ledger):
         _clean_leftovers(options)
-        info = describe_bundle(Path(options.spec.bundle), options.spec.model,
-                               Path(options.spec.weights) if options.spec.weights else None, options.spec.demo,
-                               options.spec.overrides)
-        spec = dataclasses.replace(options.spec, weights=str(info.weights))
-        options = dataclasses.replace(options, spec=spec)
+        info = options.request.prepare()
+        # every process of the job runs the model the driver resolved and hashed (the ledger's key)
+        options = dataclasses.replace(options, request=options.request.pinned(info))
         key = JobKey(info.name, info.version, info.weights_sha256)
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        pacs = open_pacs(spec.pacs, spec.credentials, timeout=spec.timeout_s, calling_aet=spec.calling_aet,
-                         storage_port=spec.storage_port, retrieve=spec.retrieve)
+        pacs = options.connection.open()
+        retry = options.connection.retry
+        results_dir = Path(options.outputs.results_dir)
         stop = StopRequest()
         with Ledger(options.ledger, key) as ledger, stop.installed():
             book = BatchBook(ledger, options.report_dir)
@@ -178,7 +182,7 @@ def run_job(options: JobOptions) -> int:
                     polls += 1
                     query_started = time.perf_counter()
                     try:
-                        found = with_retries(lambda: pacs.find_series(options.filters), spec.retry,
+                        found = with_retries(lambda: pacs.find_series(options.filters), retry,
                                              f"{pacs.name}: query")
                     except PacsAuthError as error:
                         raise InputError(str(error)) from None
@@ -192,7 +196,7 @@ def run_job(options: JobOptions) -> int:
                         found = []
                     query_seconds = round(time.perf_counter() - query_started, 4)
                     selection = select_per_study(found, info.rules)
-                    new_plan = plan_batch(selection, ledger, options.retry_failed, Path(spec.results_dir))
+                    new_plan = plan_batch(selection, ledger, options.retry_failed, results_dir)
                     plan = BatchPlan(new_plan.tasks, {**plan.not_run, **new_plan.not_run},
                                      {**plan.series, **new_plan.series})
                     if new_plan.tasks and engine is None:
@@ -220,7 +224,7 @@ def run_job(options: JobOptions) -> int:
                     engine.close()
                 pacs.close()
                 shutil.rmtree(options.work_dir / "tmp", ignore_errors=True)
-                _remove_empty(Path(spec.results_dir))
+                _remove_empty(results_dir)
                 with contextlib.suppress(OSError):
                     options.work_dir.rmdir()  # only when empty
 

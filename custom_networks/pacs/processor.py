@@ -1,9 +1,10 @@
 """One series through the whole job: retrieve, segment with the bundle, store the SEG, confirm it by a query.
 
-:class:`SeriesProcessor` is built once per process (the local engine's, or each Ray actor's) from a
-:class:`ProcessorSpec` of plain fields, so that it can be rebuilt anywhere from the same arguments; building it
-loads the bundle's model, once. :meth:`SeriesProcessor.process` never raises for a bad series or a PACS that is
-down: it returns a failed :class:`SeriesResult` with a one-line reason.
+A :class:`SeriesProcessor` is given its PACS client, its segmenter (the bundle's workflow with the model loaded once,
+:class:`~custom_networks.runtime.Segmenter`) and where results go (:class:`OutputOptions`); :meth:`SeriesProcessor.
+build` makes all three from plain fields, so a Ray actor builds its own anywhere, and tests hand in an in-memory
+PACS. :meth:`SeriesProcessor.process` never raises for a bad series or a PACS that is down: it returns a failed
+:class:`SeriesResult` with a one-line reason.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import pydicom
 
@@ -23,21 +25,22 @@ from custom_networks.atomic_files import atomic_path
 from custom_networks.clinical.errors import find_case_error, one_line
 from custom_networks.clinical.seg_writer import deterministic_seg_uids
 from custom_networks.errors import find_input_error
-from custom_networks.pacs.client import PacsError, SeriesRef
-from custom_networks.pacs.connect import open_pacs
-from custom_networks.pacs.credentials import Credentials
+from custom_networks.pacs.client import PacsClient, PacsError, SeriesRef
+from custom_networks.pacs.connect import PacsConnection
 from custom_networks.pacs.ledger import STATE_FAILED, STATE_INFERRED, STATE_RETRIEVED, STATE_STORED, STATE_VERIFIED
-from custom_networks.pacs.pipeline import BundleInfo
 from custom_networks.pacs.retry import RetryPolicy, with_retries
+from custom_networks.runtime import BundleRequest, BundleRun, SegmentOutcome
 
 __all__ = [
     "FILE_NAMES",
     "START_RETRIEVE",
     "START_STORE",
     "START_VERIFY",
-    "ProcessorSpec",
+    "DICOM_RESULTS",
+    "OutputOptions",
     "SeriesProcessor",
     "SeriesResult",
+    "SeriesSegmenter",
     "SeriesTask",
     "StageCallback",
     "seg_uids",
@@ -46,7 +49,11 @@ __all__ = [
 # where a task starts: from the PACS, from a SEG computed earlier (store it), or from a stored SEG (confirm it)
 START_RETRIEVE, START_STORE, START_VERIFY = "retrieve", "store", "verify"
 # output kind -> file name in a series' result folder
-FILE_NAMES = {"seg": "seg.dcm", "mask": "mask.nii.gz", "overlay": "overlay.png"}
+FILE_NAMES = {"seg": "seg.dcm", "sr": "sr.dcm", "secondary_capture": "sc.dcm", "mask": "mask.nii.gz",
+              "overlay": "overlay.png"}
+# the results that go to the PACS (and, with an output folder, there): the SEG, the measurement report and, when the
+# bundle writes one (save_secondary_capture), the overlay as a Secondary Capture
+DICOM_RESULTS = ("seg", "sr", "secondary_capture")
 _THUMBNAIL_PX = 320
 
 logger = logging.getLogger(__name__)
@@ -55,45 +62,31 @@ StageCallback = Callable[["SeriesTask", str, dict], None]
 """Called as ``(task, state, fields)`` when a series reaches ``retrieved``, ``inferred`` or ``stored``."""
 
 
+class SeriesSegmenter(Protocol):
+    """What the processor needs of a segmenter (:class:`~custom_networks.runtime.Segmenter` is one)."""
+
+    run: BundleRun
+    output_dir: Path
+
+    def segment(self, case: Path) -> SegmentOutcome:
+        ...
+
+
 @dataclass(frozen=True)
-class ProcessorSpec:
-    """Everything a :class:`SeriesProcessor` is built from, as plain (picklable) fields.
+class OutputOptions:
+    """Where a series' results go.
 
     Args:
-        bundle: the bundle folder.
-        pacs: the PACS, as ``open_pacs`` reads it (DICOMweb URL or ``AE@host:port``).
         results_dir: where a series' SEG waits until it is confirmed stored (kept across restarts of the job).
-        model: ``"torch"``, ``"onnx"`` or ``"int8"``.
-        weights: a model file instead of the bundle's.
-        demo: the bundle's demo weights.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``.
-        overrides: bundle config overrides (``--set``).
-        credentials: for the PACS.
-        timeout_s: seconds per PACS request.
-        retry: backoff for transient PACS failures.
         store_pacs: store the SEG on the PACS (and confirm it there).
         output_dir: also (or only) keep the results in this folder, ``<study>/<series>/seg.dcm``.
         write_nifti: with ``output_dir``, keep the NIfTI mask too.
-        calling_aet, storage_port, retrieve: DIMSE settings (see ``open_pacs``).
     """
 
-    bundle: str
-    pacs: str
     results_dir: str
-    model: str = "torch"
-    weights: str | None = None
-    demo: bool = False
-    device: str = "auto"
-    overrides: dict = field(default_factory=dict)
-    credentials: Credentials | None = None
-    timeout_s: float = 30.0
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
     store_pacs: bool = True
     output_dir: str | None = None
     write_nifti: bool = False
-    calling_aet: str = "ATTUNETS"
-    storage_port: int | None = None
-    retrieve: str = "get"
 
 
 @dataclass(frozen=True)
@@ -133,9 +126,9 @@ class SeriesResult:
     failed_stage: str = ""
 
 
-def seg_uids(info: BundleInfo, series_uid: str) -> tuple[str, str]:
-    """The (SeriesInstanceUID, SOPInstanceUID) of the SEG the bundle of ``info`` makes of series ``series_uid``."""
-    uids = deterministic_seg_uids(series_uid, info.name, info.version, info.weights_sha256, len(info.labels))
+def seg_uids(run: BundleRun, series_uid: str) -> tuple[str, str]:
+    """The (SeriesInstanceUID, SOPInstanceUID) of the SEG the bundle of ``run`` makes of series ``series_uid``."""
+    uids = deterministic_seg_uids(series_uid, run.name, run.version, run.weights_sha256, len(run.labels))
     return str(uids.series_uid), str(uids.sop_uid)
 
 
@@ -146,47 +139,52 @@ class _StageFailed(Exception):
 
 
 class SeriesProcessor:
-    """Retrieve, segment, store and confirm series, with the bundle's model loaded once.
+    """Retrieve, segment, store and confirm series.
 
     Args:
-        spec: the settings.
-        pacs: an open client (``None``: opened from ``spec.pacs``); the processor closes what it opened.
+        pacs: the PACS client.
+        segmenter: the bundle, loaded (its writers write into ``segmenter.output_dir``).
+        outputs: where results go.
+        retry: backoff for transient PACS failures.
+        own_pacs: close ``pacs`` in :meth:`close` (the processor opened it).
     """
 
-    def __init__(self, spec: ProcessorSpec, pacs=None) -> None:
-        from custom_networks.pacs.pipeline import BundlePipeline  # torch and MONAI load here
-
-        self.spec = spec
-        self._own_pacs = pacs is None
-        self.pacs = pacs or open_pacs(spec.pacs, spec.credentials, timeout=spec.timeout_s,
-                                      calling_aet=spec.calling_aet, storage_port=spec.storage_port,
-                                      retrieve=spec.retrieve)
-        self.results_dir = Path(spec.results_dir)
-        self._pipeline_out = self.results_dir / f".bundle-output-{os.getpid()}"
-        self.pipeline = BundlePipeline(Path(spec.bundle), self._pipeline_out, model=spec.model,
-                                       weights=Path(spec.weights) if spec.weights else None, demo=spec.demo,
-                                       device=spec.device, overrides=spec.overrides)
+    def __init__(self, pacs: PacsClient, segmenter: SeriesSegmenter, outputs: OutputOptions,
+                 retry: RetryPolicy | None = None, own_pacs: bool = False) -> None:
+        self.pacs = pacs
+        self.segmenter = segmenter
+        self.outputs = outputs
+        self.retry = retry or RetryPolicy()
+        self._own_pacs = own_pacs
+        self.results_dir = Path(outputs.results_dir)
 
     @classmethod
-    def from_spec(cls, spec: ProcessorSpec) -> SeriesProcessor:
-        return cls(spec)
+    def build(cls, connection: PacsConnection, request: BundleRequest, outputs: OutputOptions,
+              pacs: PacsClient | None = None) -> SeriesProcessor:
+        """A processor with its own segmenter (the model loads here, once) and, unless ``pacs`` is given, its own
+        connection."""
+        from custom_networks.runtime import Segmenter  # torch and MONAI load here
+
+        segmenter = Segmenter(request.prepare(), Path(outputs.results_dir) / f".bundle-output-{os.getpid()}")
+        return cls(pacs or connection.open(), segmenter, outputs, connection.retry, own_pacs=pacs is None)
 
     @property
-    def info(self) -> BundleInfo:
-        return self.pipeline.info
+    def info(self) -> BundleRun:
+        return self.segmenter.run
 
     def seg_uids(self, series_uid: str) -> tuple[str, str]:
         """The (SeriesInstanceUID, SOPInstanceUID) of the SEG of ``series_uid``."""
-        return seg_uids(self.pipeline.info, series_uid)
+        return seg_uids(self.segmenter.run, series_uid)
 
     def result_folder(self, series_uid: str) -> Path:
         return self.results_dir / series_uid
 
     def output_folder(self, series: SeriesRef) -> Path | None:
-        return Path(self.spec.output_dir) / series.study_uid / series.series_uid if self.spec.output_dir else None
+        target = self.outputs.output_dir
+        return Path(target) / series.study_uid / series.series_uid if target else None
 
     def close(self) -> None:
-        shutil.rmtree(self._pipeline_out, ignore_errors=True)
+        shutil.rmtree(self.segmenter.output_dir, ignore_errors=True)
         if self._own_pacs:
             self.pacs.close()
 
@@ -242,7 +240,7 @@ class SeriesProcessor:
                 seconds[stage] = round(seconds.get(stage, 0.0) + time.perf_counter() - start, 4)
 
     def _pacs_call(self, what: str, call: Callable):
-        return with_retries(call, self.spec.retry, f"{self.pacs.name}: {what}")
+        return with_retries(call, self.retry, f"{self.pacs.name}: {what}")
 
     def _retrieve_and_segment(self, task: SeriesTask, folder: Path, seconds: dict, notify: StageCallback):
         series = task.series
@@ -250,9 +248,9 @@ class SeriesProcessor:
         self._stage("retrieve", seconds, lambda: self._pacs_call(
             f"retrieve {series.series_uid}", lambda: self.pacs.retrieve_series(series, folder)))
         notify(task, STATE_RETRIEVED, {"seconds": seconds})
-        shutil.rmtree(self._pipeline_out, ignore_errors=True)
-        # the pipeline times its own stages (decode, network, SEG encoding, other writers)
-        outcome = self._stage("infer", seconds, lambda: self.pipeline.run(folder), timed=False)
+        shutil.rmtree(self.segmenter.output_dir, ignore_errors=True)
+        # the segmenter times its own stages (decode, network, SEG encoding, other writers)
+        outcome = self._stage("infer", seconds, lambda: self.segmenter.segment(folder), timed=False)
         seconds.update(outcome.seconds)
         if not outcome.ok:
             raise _StageFailed("infer", outcome.message)
@@ -270,42 +268,62 @@ class SeriesProcessor:
         folder.mkdir(parents=True, exist_ok=True)
         kept = {}
         for kind, path in files.items():
-            target = folder / FILE_NAMES[kind]
+            target = folder / FILE_NAMES.get(kind, path.name)
             os.replace(path, target)
             kept[kind] = target
         return kept
 
+    def _dicom_results(self, series_uid: str) -> dict[str, Path]:
+        """The DICOM results of the series waiting in its result folder, by kind."""
+        folder = self.result_folder(series_uid)
+        return {kind: folder / FILE_NAMES[kind] for kind in DICOM_RESULTS if (folder / FILE_NAMES[kind]).is_file()}
+
+    def _kept_kinds(self, series_uid: str) -> list[str]:
+        """What the output folder keeps: the DICOM results (and the NIfTI mask when asked)."""
+        return [*self._dicom_results(series_uid), *(["mask"] if self.outputs.write_nifti else [])]
+
     def _store(self, series: SeriesRef, seconds: dict) -> None:
-        results = self.result_folder(series.series_uid)
-        seg = results / FILE_NAMES["seg"]
-        if self.spec.store_pacs:
+        results = self._dicom_results(series.series_uid)
+        if self.outputs.store_pacs:
             self._stage("store", seconds, lambda: self._pacs_call(
-                f"store SEG of {series.series_uid}", lambda: self.pacs.store([seg])))
+                f"store {', '.join(kind.upper() for kind in results)} of {series.series_uid}",
+                lambda: self.pacs.store(list(results.values()))))
         target = self.output_folder(series)
         if target is not None:
-            kinds = ["seg", "mask"] if self.spec.write_nifti else ["seg"]
-            self._stage("store", seconds, lambda: _copy_into(results, target, [FILE_NAMES[k] for k in kinds]))
+            names = [FILE_NAMES[kind] for kind in self._kept_kinds(series.series_uid)]
+            self._stage("store", seconds,
+                        lambda: _copy_into(self.result_folder(series.series_uid), target, names))
 
     def _verify(self, series: SeriesRef, seg_series_uid: str, seg_sop_uid: str, seconds: dict) -> dict[str, str]:
-        if self.spec.store_pacs:
-            found = self._stage("verify", seconds, lambda: self._pacs_call(
-                f"query back SEG of {series.series_uid}",
-                lambda: self.pacs.has_instance(series.study_uid, seg_series_uid, seg_sop_uid)))
-            if not found:
-                raise _StageFailed("verify", f"{self.pacs.name}: the stored SEG {seg_sop_uid} is not found by a query")
+        """Confirm every result: by a query to the PACS (each DICOM result's UIDs; the SEG's at least, which are
+        derived, should its file be gone) and in the output folder."""
+        expected = {kind: _instance_uids(path) for kind, path in self._dicom_results(series.series_uid).items()}
+        expected["seg"] = (seg_series_uid, seg_sop_uid)
+        if self.outputs.store_pacs:
+            for kind, (result_series_uid, sop_uid) in expected.items():
+                what = f"query back {kind.upper()} of {series.series_uid}"
+                found = self._stage("verify", seconds, lambda what=what, sop=sop_uid, uid=result_series_uid:
+                                    self._pacs_call(what, lambda: self.pacs.has_instance(series.study_uid, uid, sop)))
+                if not found:
+                    raise _StageFailed("verify", f"{self.pacs.name}: the stored {kind.upper()} {sop_uid} is not "
+                                                 "found by a query")
         files = {}
         target = self.output_folder(series)
         if target is not None:
-            kinds = ["seg", "mask"] if self.spec.write_nifti else ["seg"]
-            for kind in kinds:
+            for kind in [*expected, *(["mask"] if self.outputs.write_nifti else [])]:
                 path = target / FILE_NAMES[kind]
                 if not path.is_file():
                     raise _StageFailed("verify", f"{path}: missing from the output folder")
+                if kind in expected and _instance_uids(path)[1] != expected[kind][1]:
+                    raise _StageFailed("verify", f"{path}: SOPInstanceUID is not this job's")
                 files[kind] = str(path)
-            header = pydicom.dcmread(target / FILE_NAMES["seg"], stop_before_pixels=True)
-            if header.SOPInstanceUID != seg_sop_uid:
-                raise _StageFailed("verify", f"{target / FILE_NAMES['seg']}: SOPInstanceUID is not this job's")
         return files
+
+
+def _instance_uids(path: Path) -> tuple[str, str]:
+    """(SeriesInstanceUID, SOPInstanceUID) of the DICOM file ``path``."""
+    header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "SOPInstanceUID"])
+    return str(header.SeriesInstanceUID), str(header.SOPInstanceUID)
 
 
 def _copy_into(source: Path, target: Path, names: list[str]) -> None:

@@ -1,7 +1,7 @@
 """``--engine ray``: the same batch job on a Ray cluster, an actor pool with the bundle's model loaded once per actor.
 
-Each actor builds one :class:`~custom_networks.pacs.processor.SeriesProcessor` from the job's
-:class:`~custom_networks.pacs.processor.ProcessorSpec` (so the model loads once per actor, wherever it runs) and
+Each actor builds one :class:`~custom_networks.pacs.processor.SeriesProcessor` from the job's PACS connection,
+bundle request and output options (so the model loads once per actor, wherever it runs) and
 does retrieve, infer, store and verify for the series it is handed. The driver (the job's own process) alone owns
 the ledger and the report: it calls ``book.start`` before handing a series out, applies the stage events actors
 send back through a Ray queue (``retrieved``, ``inferred``, ``stored``, so that a killed driver resumes as the local
@@ -13,6 +13,15 @@ down at ``close``; with it (``auto``, ``host:6379``, ``ray://head:10001``) the j
 where Ray is already initialised (a test module's instance) that instance is used and left running. Ray 2.60 cannot
 be held to the loopback interface: it replaces ``127.0.0.1`` by the node's address and its servers listen on every
 interface, protected by its token authentication (on by default, token in ``~/.ray/auth_token``).
+
+Threads: each actor reserves ``threads_per_worker`` CPUs (default 1) and runs torch (OpenMP, MKL, oneDNN) and an
+ONNX model's onnxruntime session with exactly that many threads (``torch.set_num_threads``, the bundle's
+``onnx_num_threads``), and its process starts with ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` /
+``OPENBLAS_NUM_THREADS`` set to it. Ray sets ``OMP_NUM_THREADS`` to the actor's CPUs only where the variable is
+unset; a driver or ``ray start`` with it set (``scripts/benchmark_pacs.py`` sets 2) gave every actor that many
+OpenMP threads on its one CPU, and two such actors on two cores ran their network 7 to 9 times slower than one
+process with one thread. Actors also run at niceness 0 like the local engine, not Ray's default 15, which gives
+them a few percent of a core against any other busy process on the node.
 """
 
 from __future__ import annotations
@@ -28,9 +37,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from custom_networks.errors import InputError
+from custom_networks.pacs.connect import PacsConnection
 from custom_networks.pacs.engine import BatchBook, StopRequest
 from custom_networks.pacs.ledger import STATE_FAILED
-from custom_networks.pacs.processor import ProcessorSpec, SeriesProcessor, SeriesResult, SeriesTask
+from custom_networks.pacs.processor import OutputOptions, SeriesProcessor, SeriesResult, SeriesTask
+from custom_networks.runtime import BundleRequest
 
 __all__ = ["RayEngine", "SeriesActor"]
 
@@ -44,29 +55,36 @@ class SeriesActor:
     """One Ray actor's state: its processor (the model, loaded once) and the queue stage events go to.
 
     Args:
-        spec: the job's processor settings.
+        connection, request, outputs: the job's PACS, bundle and outputs.
         work_dir: scratch folder for retrieved series on the actor's node.
         events: a ``ray.util.queue.Queue`` for ``(series UID, state, fields)`` stage events.
+        threads: torch and onnxruntime threads (default: the CPUs Ray assigned this actor).
     """
 
-    def __init__(self, spec: ProcessorSpec, work_dir: str, events) -> None:
-        if spec.device.startswith("cuda"):
+    def __init__(self, connection: PacsConnection, request: BundleRequest, outputs: OutputOptions, work_dir: str,
+                 events, threads: int | None = None) -> None:
+        self.threads = _set_threads(threads)
+        if request.model in ("onnx", "int8"):
+            request = dataclasses.replace(request, overrides={**request.overrides,
+                                                              "onnx_num_threads": self.threads})
+        if request.device.startswith("cuda"):
             # Ray shows an actor only the GPU(s) it reserved (CUDA_VISIBLE_DEVICES): that is cuda:0 here, whatever
-            # index the command line named
-            spec = dataclasses.replace(spec, device="cuda")
-        self.processor = SeriesProcessor.from_spec(spec)
+            # index the job named
+            request = dataclasses.replace(request, device="cuda")
+        self.processor = SeriesProcessor.build(connection, request, outputs)
         self.work_dir = Path(work_dir)
         self.events = events
         self.processed = 0
 
     def describe(self) -> dict:
-        """Where the actor runs and how often its process loaded a model (1 unless something is wrong)."""
+        """Where the actor runs, when its model was loaded (the same time as long as the actor lives) and how many
+        series it processed."""
         import ray
+        import torch
 
-        from custom_networks.pacs.pipeline import model_loads
-
-        return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(), "model_loads": model_loads(),
-                "processed": self.processed}
+        return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(),
+                "model_loaded_at": self.processor.segmenter.loaded_at, "processed": self.processed,
+                "threads": torch.get_num_threads()}
 
     def process(self, task: SeriesTask) -> SeriesResult:
         def on_stage(stage_task: SeriesTask, state: str, fields: dict) -> None:
@@ -81,6 +99,24 @@ class SeriesActor:
         self.processor.close()
 
 
+def _set_threads(threads: int | None) -> int:
+    """Size torch's thread pools in this actor process: ``threads``, default the CPUs Ray assigned the actor."""
+    import ray
+    import torch
+
+    if threads is None:
+        threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def _worker_env(threads: int) -> dict[str, str]:
+    """An actor process's environment: thread pools sized before any library starts one, normal priority."""
+    count = str(threads)
+    return {"OMP_NUM_THREADS": count, "MKL_NUM_THREADS": count, "OPENBLAS_NUM_THREADS": count,
+            "RAY_worker_niceness": "0"}
+
+
 def _last_line(error: BaseException) -> str:
     """The last line of a (Ray-wrapped) error: the original exception, without Ray's traceback."""
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
@@ -91,13 +127,16 @@ class RayEngine:
     """Series on a pool of Ray actors; the same ``run(tasks, book, stop)`` / ``close()`` as the local engine.
 
     Args:
-        spec: the job's processor settings (every actor builds its processor from them).
+        connection, request, outputs: the job's PACS, bundle and outputs (every actor builds its processor from
+            them).
         address: Ray cluster address; ``None`` starts a local instance.
         workers: actors (each loads the model once).
-        num_cpus: CPUs of a local instance (default ``workers``).
-        num_gpus: GPUs each actor reserves (default 1 when ``spec.device`` is ``cuda``..., else 0; fractions share
-            a GPU).
-        work_dir: scratch folder on each node (default: ``tmp`` beside ``spec.results_dir``, which the job cleans).
+        threads_per_worker: CPUs each actor reserves and the torch / onnxruntime threads it runs with (default 1).
+        num_cpus: CPUs of a local instance (default ``workers * threads_per_worker``).
+        num_gpus: GPUs each actor reserves (default 1 when ``request.device`` is ``cuda``..., else 0; fractions
+            share a GPU).
+        work_dir: scratch folder on each node (default: ``tmp`` beside ``outputs.results_dir``, which the job
+            cleans).
         temp_dir: Ray's temporary folder for a local instance (default: Ray's, ``$RAY_TMPDIR`` or ``/tmp/ray``).
 
     Raises:
@@ -107,49 +146,58 @@ class RayEngine:
 
     def __init__(
         self,
-        spec: ProcessorSpec,
+        connection: PacsConnection,
+        request: BundleRequest,
+        outputs: OutputOptions,
         *,
         address: str | None = None,
         workers: int = 2,
+        threads_per_worker: int | None = None,
         num_cpus: int | None = None,
         num_gpus: float | None = None,
         work_dir: Path | None = None,
         temp_dir: Path | None = None,
     ) -> None:
         if workers < 1:
-            raise InputError(f"--workers {workers}: at least 1")
-        if spec.retrieve == "move" and workers > 1:
+            raise InputError(f"workers {workers}: at least 1", parameter="workers")
+        if threads_per_worker is not None and threads_per_worker < 1:
+            raise InputError(f"threads_per_worker {threads_per_worker}: at least 1", parameter="threads_per_worker")
+        if connection.retrieve == "move" and workers > 1:
             raise InputError(
-                "--retrieve move with --engine ray: every actor would need its own storage SCP registered on the "
-                "PACS; use --retrieve get (C-GET), or --workers 1"
+                "retrieve move with engine ray: every actor would need its own storage SCP registered on the "
+                "PACS; use retrieve=get (C-GET), or workers=1", parameter="retrieve"
             )
         try:
             import ray
             from ray.util.queue import Queue
         except ImportError:
-            raise InputError("--engine ray: Ray is not installed; pip install 'monai-attention-unets[ray]'") from None
+            raise InputError("engine ray: Ray is not installed; pip install 'monai-attention-unets[ray]'",
+                             parameter="engine") from None
         self._ray = ray
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
-            self._init_ray(address, num_cpus or workers, temp_dir)
+            self._init_ray(address, num_cpus or workers * (threads_per_worker or 1), temp_dir)
         if num_gpus is None:
-            num_gpus = 1 if spec.device.startswith("cuda") else 0
-        self.spec = spec
+            num_gpus = 1 if request.device.startswith("cuda") else 0
+        self.connection, self.request, self.outputs = connection, request, outputs
         self._abandoned = False
-        self.work_dir = str(work_dir or Path(spec.results_dir).parent / "tmp")
+        self.work_dir = str(work_dir or Path(outputs.results_dir).parent / "tmp")
         # the queue's own actor needs no CPU: it must not take one of the workers' slots
         self._events = Queue(actor_options={"num_cpus": 0})
-        self._actor_class = ray.remote(num_cpus=1, num_gpus=num_gpus)(SeriesActor)
+        self.threads_per_worker = threads_per_worker
+        self._actor_class = ray.remote(num_cpus=threads_per_worker or 1, num_gpus=num_gpus,
+                                       runtime_env={"env_vars": _worker_env(threads_per_worker or 1)})(SeriesActor)
         self._actors = [self._new_actor() for _ in range(workers)]
         self.actors_started = len(self._actors)
         try:
             described = ray.get([actor.describe.remote() for actor in self._actors])
         except ray.exceptions.RayError as error:
             self.close()
-            raise InputError(f"--engine ray: a worker could not load the bundle: {_last_line(error)}") from None
+            raise InputError(f"engine ray: a worker could not load the bundle: {_last_line(error)}",
+                             parameter="engine") from None
         for number, info in enumerate(described, start=1):
-            logger.info("Ray worker %d (pid %d on %s): model loaded %d time(s)", number, info["pid"], info["node"],
-                        info["model_loads"])
+            logger.info("Ray worker %d (pid %d on %s): model loaded at %.6f, %d thread(s)", number, info["pid"],
+                        info["node"], info["model_loaded_at"], info["threads"])
 
     def _init_ray(self, address: str | None, num_cpus: int, temp_dir: Path | None) -> None:
         ray = self._ray
@@ -165,15 +213,17 @@ class RayEngine:
                 options = {"_temp_dir": str(temp_dir)} if temp_dir else {}
                 ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
         except (ConnectionError, RuntimeError, ValueError) as error:
-            where = f"--address {address}" if address else "a local Ray instance"
-            raise InputError(f"--engine ray: {where} cannot be started or reached: {_last_line(error)}") from None
+            where = f"address={address}" if address else "a local Ray instance"
+            raise InputError(f"engine ray: {where} cannot be started or reached: {_last_line(error)}",
+                             parameter="engine") from None
         finally:
             for number, handler in handlers.items():
                 if handler is not None:
                     signal.signal(number, handler)
 
     def _new_actor(self):
-        return self._actor_class.remote(self.spec, self.work_dir, self._events)
+        return self._actor_class.remote(self.connection, self.request, self.outputs, self.work_dir, self._events,
+                                        self.threads_per_worker)
 
     def _apply_events(self, book: BatchBook, tasks: dict[str, SeriesTask]) -> None:
         """Record every stage event the actors have sent so far."""
@@ -235,8 +285,8 @@ class RayEngine:
             reason = f"the Ray worker failed: {_last_line(error)}"
         return SeriesResult(task.series, STATE_FAILED, reason, failed_stage="engine")
 
-    def model_loads(self) -> list[dict]:
-        """Per live actor: pid, node, model loads of its process and series processed."""
+    def describe_workers(self) -> list[dict]:
+        """Per live actor: pid, node, when its model was loaded and series processed."""
         return self._ray.get([actor.describe.remote() for actor in self._actors])
 
     def close(self) -> None:
@@ -245,9 +295,9 @@ class RayEngine:
         try:
             if self._abandoned:
                 return
-            for number, info in enumerate(self.model_loads(), start=1):
-                logger.info("Ray worker %d (pid %d on %s): %d series, model loaded %d time(s)", number, info["pid"],
-                            info["node"], info["processed"], info["model_loads"])
+            for number, info in enumerate(self.describe_workers(), start=1):
+                logger.info("Ray worker %d (pid %d on %s): %d series, model loaded at %.6f", number, info["pid"],
+                            info["node"], info["processed"], info["model_loaded_at"])
             ray.get([actor.close.remote() for actor in self._actors], timeout=60)
         except ray.exceptions.RayError as error:
             logger.warning("Ray workers did not close cleanly: %s", _last_line(error))

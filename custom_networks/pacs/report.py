@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from custom_networks.atomic_files import atomic_path
+from custom_networks.pacs.client import SeriesRef
 
 __all__ = [
     "OUTCOME_ALREADY_DONE",
@@ -34,19 +35,16 @@ OUTCOME_DONE, OUTCOME_ALREADY_DONE, OUTCOME_FAILED = "done", "already done", "fa
 OUTCOME_SKIPPED, OUTCOME_NOT_RUN = "skipped", "not run"
 STAGES = ("retrieve", "decode", "network", "seg_encoding", "postprocessing", "store", "verify")
 THUMBNAILS = "thumbnails"
-_FIELDS = ("study_uid", "series_uid", "modality", "series_description", "series_number", "state", "outcome",
-           "reason", "attempts", "seg_series_uid", "seg_sop_uid")
+# the series' own fields a row shows first, then the row's
+_SERIES_FIELDS = ("study_uid", "series_uid", "modality", "series_description", "series_number")
+_FIELDS = (*_SERIES_FIELDS, "state", "outcome", "reason", "attempts", "seg_series_uid", "seg_sop_uid")
 
 
 @dataclass(frozen=True)
 class ReportRow:
     """One series in the report (see the module docstring); ``thumbnail``: path relative to the report folder."""
 
-    study_uid: str
-    series_uid: str
-    modality: str = ""
-    series_description: str = ""
-    series_number: int | None = None
+    series: SeriesRef
     state: str = ""
     outcome: str = ""
     reason: str = ""
@@ -63,8 +61,16 @@ def thumbnail_path(report_dir: Path, series_uid: str) -> Path:
     return Path(report_dir) / THUMBNAILS / f"{series_uid}.png"
 
 
+def _as_dict(row: ReportRow) -> dict[str, object]:
+    """The row as the JSON report holds it: the series' fields, then the row's own."""
+    own = asdict(row)
+    del own["series"]
+    return {**{name: getattr(row.series, name) for name in _SERIES_FIELDS}, **own}
+
+
 def _flat(row: ReportRow) -> dict[str, object]:
-    flat: dict[str, object] = {name: getattr(row, name) for name in _FIELDS}
+    values = _as_dict(row)
+    flat: dict[str, object] = {name: values[name] for name in _FIELDS}
     for segment in row.segments:
         flat[f"{segment['label']}_volume_ml"] = segment.get("volume_ml")
     for stage in STAGES:
@@ -87,7 +93,7 @@ def write_report(report_dir: Path, rows: Sequence[ReportRow], run: Mapping[str, 
         writer.writeheader()
         writer.writerows(flat)
     with atomic_path(paths["json"]) as temporary:
-        temporary.write_text(json.dumps({"run": run, "series": [asdict(row) for row in rows]}, indent=2))
+        temporary.write_text(json.dumps({"run": run, "series": [_as_dict(row) for row in rows]}, indent=2))
     with atomic_path(paths["html"]) as temporary:
         temporary.write_text(_html(rows, run))
     return paths
@@ -98,17 +104,18 @@ def _html(rows: Sequence[ReportRow], run: Mapping[str, object]) -> str:
     summary = ", ".join(f"{escape(str(key))}: {escape(str(value))}" for key, value in run.items())
     cards = []
     for row in rows:
+        series = row.series
         volumes = "; ".join(f"{escape(s['label'])} {s.get('volume_ml')} ml" for s in row.segments) or "&ndash;"
         seconds = ", ".join(f"{stage} {row.seconds[stage]:.2f} s" for stage in STAGES if stage in row.seconds)
-        picture = (f'<img src="{escape(row.thumbnail)}" alt="overlay of series {escape(row.series_uid)}">'
+        picture = (f'<img src="{escape(row.thumbnail)}" alt="overlay of series {escape(series.series_uid)}">'
                    if row.thumbnail else '<div class="none">no overlay</div>')
         cards.append(
             f'<div class="card {escape(row.outcome.replace(" ", "-"))}">{picture}'
-            f"<p><b>{escape(row.modality)} {escape(row.series_description)}</b> (series "
-            f"{escape(str(row.series_number if row.series_number is not None else '?'))})</p>"
+            f"<p><b>{escape(series.modality)} {escape(series.series_description)}</b> (series "
+            f"{escape(str(series.series_number if series.series_number is not None else '?'))})</p>"
             f"<p>{escape(row.outcome)} &middot; state {escape(row.state)} &middot; attempts {row.attempts}</p>"
             f'<p class="reason">{escape(row.reason)}</p><p>volume: {volumes}</p><p>{escape(seconds)}</p>'
-            f'<p class="uid">study {escape(row.study_uid)}<br>series {escape(row.series_uid)}<br>'
+            f'<p class="uid">study {escape(series.study_uid)}<br>series {escape(series.series_uid)}<br>'
             f"SEG {escape(row.seg_sop_uid or '-')}</p></div>"
         )
     return f"""<!DOCTYPE html>

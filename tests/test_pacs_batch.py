@@ -23,11 +23,14 @@ import numpy as np
 import pydicom
 import pytest
 import requests
+from pydicom.sr.codedict import codes
 from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, RLELossless
 
 from custom_networks.cli import main
 from custom_networks.clinical.dicom_series import discover_series, sort_series
+from custom_networks.clinical.secondary_capture import deterministic_sc_uids
 from custom_networks.clinical.seg_writer import deterministic_seg_uids
+from custom_networks.clinical.sr_writer import deterministic_sr_uids
 from custom_networks.data.sample_study import make_sample_study
 from custom_networks.runtime import prepare_bundle
 
@@ -164,7 +167,8 @@ def test_round_trip_then_rerun_adds_nothing(pacs, tmp_path, credentials, capfd, 
     credentials(pacs)
     study_uids = ",".join(s.study_instance_uid for s in pacs.studies.values())
     args = batch_args(pacs, tmp_path, "--modality", "MR", "--study-uid", study_uids, "--study-date",
-                      "20240101-20241231", "--store", "pacs,folder", "--output", str(tmp_path / "segs"), "--nifti")
+                      "20240101-20241231", "--store", "pacs,folder", "--output", str(tmp_path / "segs"), "--nifti",
+                      "--secondary-capture", "--viewer-url", "http://127.0.0.1:3000/viewer")
     assert main(args) == 0
     info = prepare_bundle(BUNDLE, demo=True, device="cpu")
     chosen = {name: series_uid(pacs.series[name]) for name in ("a_t1", "b_t1")}
@@ -189,10 +193,30 @@ def test_round_trip_then_rerun_adds_nothing(pacs, tmp_path, credentials, capfd, 
         from_pacs = seg_label_volume(seg_path, source_folder)
         reference = folder_mask(source_folder, tmp_path / f"folder_{name}")
         assert from_pacs.any() and np.array_equal(from_pacs, reference)
-        # the folder store holds the same SEG and the NIfTI mask
+        # the folder store holds the same SEG, SR and Secondary Capture and the NIfTI mask
         kept = tmp_path / "segs" / row["study_uid"] / uid
         assert pydicom.dcmread(kept / "seg.dcm").SOPInstanceUID == expected.sop_uid
         assert np.array_equal(np.asarray(nib.load(kept / "mask.nii.gz").dataobj) != 0, reference)
+        # the SR in the PACS: the report's volume (the run summary's), referencing this SEG and the source series
+        sr_uids = deterministic_sr_uids(uid, info.name, info.version, info.weights_sha256)
+        sr_path = download(pacs, pacs.lookup(sr_uids.sop_uid), tmp_path / f"{name}_sr.dcm")
+        sr = hd.sr.srread(sr_path)
+        assert sr.SeriesInstanceUID == sr_uids.series_uid and sr.StudyInstanceUID == row["study_uid"]
+        (group,) = sr.content.get_volumetric_roi_measurement_groups()
+        assert group.referenced_segment.referenced_sop_instance_uid == expected.sop_uid
+        assert group.referenced_segment.source_series_for_segmentation.value == uid
+        (volume,) = group.get_measurements(name=codes.SCT.Volume)
+        assert volume.value == pytest.approx(row["segments"][0]["volume_ml"], abs=0.01)
+        assert pydicom.dcmread(kept / "sr.dcm").SOPInstanceUID == sr_uids.sop_uid
+        assert dciodvfy_errors(sr_path) == []
+        sc_uids = deterministic_sc_uids(uid, info.name, info.version, info.weights_sha256)
+        sc_path = download(pacs, pacs.lookup(sc_uids.sop_uid), tmp_path / f"{name}_sc.dcm")
+        sc = pydicom.dcmread(sc_path)
+        assert list(sc.ImageType)[:2] == ["DERIVED", "SECONDARY"] and sc.StudyInstanceUID == row["study_uid"]
+        assert dciodvfy_errors(sc_path) == []
+        # the HTML report links the series to the viewer
+        assert f'href="http://127.0.0.1:3000/viewer?StudyInstanceUIDs={row["study_uid"]}"' in (
+            tmp_path / "report" / "index.html").read_text()
 
     before = pacs.instance_count()
     assert main(args) == 0

@@ -87,6 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     job.add_argument("--watch", action="store_true", help="keep polling the PACS for new series until stopped")
     job.add_argument("--poll-interval", type=float, default=30.0, help="seconds between polls (default 30)")
     job.add_argument("--max-polls", type=int, help="with --watch: stop after this many polls")
+    job.add_argument("--viewer-url", help="OHIF viewer URL (e.g. http://pacs:3000/viewer): the HTML report links "
+                     "each study to it")
 
 
 def _date_range(text: str | None) -> tuple[str, str] | None:
@@ -168,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     options = JobOptions(connection, request, outputs, filters, ledger, args.report.resolve(), work_dir,
                          retry_failed=args.retry_failed, engine=args.engine, address=args.address,
                          workers=args.workers, watch=args.watch, poll_interval_s=args.poll_interval,
-                         max_polls=args.max_polls)
+                         max_polls=args.max_polls, viewer_url=args.viewer_url)
     try:
         return run_job(options)
     except PacsError as error:

@@ -64,6 +64,7 @@ class JobOptions:
         watch: keep polling for new series.
         poll_interval_s: seconds between polls in watch mode.
         max_polls: stop watching after this many polls (``None``: until stopped).
+        viewer_url: a DICOMweb viewer (OHIF's ``.../viewer``) the HTML report links each study to.
     """
 
     connection: PacsConnection
@@ -80,6 +81,7 @@ class JobOptions:
     watch: bool = False
     poll_interval_s: float = 30.0
     max_polls: int | None = None
+    viewer_url: str | None = None
 
 
 @contextmanager
@@ -239,5 +241,5 @@ def _write(options: JobOptions, rows: list[ReportRow], pacs_name: str, info, sta
            "query_seconds": query_seconds}
     if error:
         run["error"] = error
-    paths = write_report(options.report_dir, rows, run)
+    paths = write_report(options.report_dir, rows, run, options.viewer_url)
     logger.info("report: %s", paths["html"])

@@ -12,6 +12,7 @@ import csv
 import datetime
 import html
 import json
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -79,9 +80,11 @@ def _flat(row: ReportRow) -> dict[str, object]:
     return flat
 
 
-def write_report(report_dir: Path, rows: Sequence[ReportRow], run: Mapping[str, object]) -> dict[str, Path]:
+def write_report(report_dir: Path, rows: Sequence[ReportRow], run: Mapping[str, object],
+                 viewer_url: str | None = None) -> dict[str, Path]:
     """Write the CSV, JSON and HTML report of ``rows`` into ``report_dir``; ``run`` holds the job's own fields
-    (bundle, PACS name, counts, start and end). Returns the paths by kind."""
+    (bundle, PACS name, counts, start and end). With ``viewer_url`` (an OHIF viewer's ``.../viewer``), each series
+    in the HTML report links to its study there (``?StudyInstanceUIDs=<study>``). Returns the paths by kind."""
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     run = {**run, "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -95,11 +98,11 @@ def write_report(report_dir: Path, rows: Sequence[ReportRow], run: Mapping[str, 
     with atomic_path(paths["json"]) as temporary:
         temporary.write_text(json.dumps({"run": run, "series": [_as_dict(row) for row in rows]}, indent=2))
     with atomic_path(paths["html"]) as temporary:
-        temporary.write_text(_html(rows, run))
+        temporary.write_text(_html(rows, run, viewer_url))
     return paths
 
 
-def _html(rows: Sequence[ReportRow], run: Mapping[str, object]) -> str:
+def _html(rows: Sequence[ReportRow], run: Mapping[str, object], viewer_url: str | None) -> str:
     escape = html.escape
     summary = ", ".join(f"{escape(str(key))}: {escape(str(value))}" for key, value in run.items())
     cards = []
@@ -109,6 +112,9 @@ def _html(rows: Sequence[ReportRow], run: Mapping[str, object]) -> str:
         seconds = ", ".join(f"{stage} {row.seconds[stage]:.2f} s" for stage in STAGES if stage in row.seconds)
         picture = (f'<img src="{escape(row.thumbnail)}" alt="overlay of series {escape(series.series_uid)}">'
                    if row.thumbnail else '<div class="none">no overlay</div>')
+        if viewer_url:
+            link = f"{viewer_url}?{urllib.parse.urlencode({'StudyInstanceUIDs': series.study_uid})}"
+            picture += f'<p><a href="{escape(link)}">open the study in the viewer</a></p>'
         cards.append(
             f'<div class="card {escape(row.outcome.replace(" ", "-"))}">{picture}'
             f"<p><b>{escape(series.modality)} {escape(series.series_description)}</b> (series "

@@ -179,6 +179,24 @@ class OrthancServer:
             ids.append(response.json()["ID"])
         return ids
 
+    def push(self, modality: str, resources: Iterable[str], asynchronous: bool = False) -> dict:
+        """C-STORE ``resources`` (Orthanc ids of patients, studies, series or instances) to the registered modality
+        ``modality``, as a routing rule does: ``POST /modalities/{modality}/store``. Synchronous by default (the
+        answer comes when every instance was sent; a failed push raises); asynchronous returns the job at once."""
+        body = {"Resources": list(resources), "Synchronous": not asynchronous}
+        response = requests.post(f"{self.url}/modalities/{modality}/store", json=body, auth=self.auth, timeout=120)
+        response.raise_for_status()
+        return response.json()
+
+    def lookup(self, uid: str) -> str:
+        """The Orthanc id of the patient, study, series or instance with this DICOM identifier or UID."""
+        response = requests.post(f"{self.url}/tools/lookup", data=uid, auth=self.auth, timeout=30)
+        response.raise_for_status()
+        found = response.json()
+        if not found:
+            raise KeyError(f"Orthanc holds nothing with the identifier {uid}")
+        return found[0]["ID"]
+
     def instance_count(self) -> int:
         return int(self.rest_get("/statistics")["CountInstances"])
 

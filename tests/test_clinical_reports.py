@@ -310,3 +310,23 @@ def test_radiograph_sr_has_intensities_but_no_volume_and_sc_keeps_its_orientatio
     sc = pydicom.dcmread(sc_path)
     assert list(sc.PatientOrientation) == ["L", "F"]  # shown as stored: the radiograph's own
     assert dciodvfy_errors(sr_path) == [] and dciodvfy_errors(sc_path) == []
+
+
+def test_folder_inference_through_the_python_api_writes_the_sr_of_its_run_summary(tmp_path, dciodvfy_errors):
+    """The bundle's own folder run (``segment``, as ``attention-unets infer``) writes SEG, SR and, when asked, the
+    Secondary Capture for a DICOM series; the SR's volume is the run summary's. The sample series is one the
+    writers' tests above never used."""
+    from custom_networks import segment
+    from custom_networks.runtime import bundle_folder
+
+    brain = "brain_tumor_mri_gsconv_eca_unet"
+    series = bundle_folder(brain) / "sample_data" / "mr_series"
+    result = segment(series, tmp_path / "out", bundle=brain, demo=True, device="cpu", secondary_capture=True)
+    (case,) = result.cases
+    assert case.ok and set(case.files) == {"mask", "seg", "sr", "secondary_capture"}
+    sr = hd.sr.srread(case.files["sr"])
+    (group,) = sr.content.get_volumetric_roi_measurement_groups()
+    assert measurement(group, codes.SCT.Volume).value == pytest.approx(case.segments[0]["volume_ml"], abs=0.01)
+    assert group.referenced_segment.referenced_sop_instance_uid == pydicom.dcmread(case.files["seg"]).SOPInstanceUID
+    assert demo_notes(sr) == [DEMO_NOTE]
+    assert dciodvfy_errors(case.files["sr"]) == [] and dciodvfy_errors(case.files["secondary_capture"]) == []

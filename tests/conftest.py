@@ -61,7 +61,7 @@ REQUIREMENTS = {
 }
 # fixtures whose tests get a marker without saying so
 _FIXTURE_MARKERS = {"orthanc": "orthanc", "trained_bundles": "training", "ray_address": "ray",
-                    "dciodvfy_errors": "dicom_tools"}
+                    "dciodvfy_errors": "dicom_tools", "main_job": "subprocess", "wheel": "subprocess"}
 
 
 def pytest_collection_modifyitems(items) -> None:

@@ -133,6 +133,7 @@ def test_bad_options_are_one_line(tmp_path, capsys):
     assert "inside the repository" in capsys.readouterr().err
 
 
+@pytest.mark.subprocess
 def test_tiny_study_through_the_cli_resumes(tmp_path, capsys):
     task = make_demo_task(tmp_path, "brain_tumor", n=10, size=32)
     output = tmp_path / "study"

@@ -274,6 +274,7 @@ def test_edge_loss_is_switched_by_its_weight(edge_weight):
     assert (loss(logits, labels) > region) == (edge_weight > 0)
 
 
+@pytest.mark.subprocess
 def test_bad_inputs_stop_with_one_line_before_training(demo_data, tmp_path):
     """Through the CLI: a missing dataset_dir and an RGB image for the 1-channel bundle. The other checks share
     the same SystemExit path and are covered in-process in test_bundle_components.py."""

@@ -96,6 +96,7 @@ def test_missing_model_names_the_file_and_the_ways_out(capsys, tmp_path):
     assert "ships no demo weights" in one_line_error(capsys, [*base, "--demo"])
 
 
+@pytest.mark.subprocess
 def test_one_file_is_one_case_and_nothing_lands_in_the_bundle(tmp_path):
     """``--input case.nii.gz`` segments that case; masks, summary and overlays all go to ``--output``."""
     bundle = tmp_path / "bundle"
@@ -119,6 +120,7 @@ def test_one_file_is_one_case_and_nothing_lands_in_the_bundle(tmp_path):
     assert sorted(str(path) for path in bundle.rglob("*")) == before
 
 
+@pytest.mark.subprocess
 def test_monai_bundle_run_prints_one_line_for_bad_input_and_takes_a_file(tmp_path):
     """``python -m monai.bundle run`` itself: a missing checkpoint (no ``--bundle_root``, run from a folder
     without ``models/``), a misspelled switch value, and a single NIfTI file as ``dataset_dir``."""

@@ -193,6 +193,7 @@ def test_main_job_overlays_show_the_contour_on_the_lesion(main_job):
 # --- a mixed dataset_dir through the CLI ------------------------------------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_mixed_dataset_dir_finishes_good_cases_and_lists_bad_ones(tmp_path):
     data, output = tmp_path / "data", tmp_path / "out"
     shutil.copytree(SAMPLE / "mr_series", data / "shuffled_series")

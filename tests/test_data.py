@@ -344,6 +344,7 @@ def test_cli_error_names_the_folder(tmp_path, capsys):
     assert exit_info.value.code == 2 and f"{tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.subprocess
 def test_cli_scripts_in_subprocess(datasets, tmp_path):
     # both scripts at once: each process spends most of its time importing torch and monai
     output = tmp_path / "lgg_datalist.json"

@@ -222,6 +222,7 @@ def test_try_it_recipe_learns_to_the_promised_dice(tmp_path):
     print(f"the recipe took {seconds:.0f} s")  # timings differ between CPUs: reported, never asserted
 
 
+@pytest.mark.subprocess
 def test_python_section_runs_as_written_and_prints_what_ran(tmp_path):
     """README's "## Python" block, run from the repository folder with its output folder moved into the test's."""
     (block,) = fenced_blocks(section(readme(), "Python"), "python")
@@ -231,7 +232,8 @@ def test_python_section_runs_as_written_and_prints_what_ran(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = done.stdout.strip().splitlines()
+    # what the block prints (MONAI's own log lines may come between)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("mr_", "torch "))]
     assert [line.split()[:2] for line in lines[:2]] == [["mr_series", "True"], ["mr_volume", "True"]]
-    assert lines[-1].split()[0] == "torch" and lines[-1].endswith("True")  # the demo weights, said
+    assert lines[-1].startswith("torch ") and lines[-1].endswith("True")  # the demo weights, said
     assert (tmp_path / "brain_py" / "mr_series_seg.dcm").is_file()

@@ -36,6 +36,8 @@ from custom_networks.runtime import BundleRequest, prepare_bundle
 from clinical_fixtures import Study, write_series
 from conftest import subprocess_env
 
+# what pacs-batch stores per series: the DICOM SEG and the DICOM SR measurement report
+RESULTS_PER_SERIES = 2
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "brain_tumor_mri_gsconv_eca_unet"
 START_LINE = re.compile(r"Ray worker (\d+) \(pid (\d+) on [^)]+\): model loaded at ([\d.]+)")
 WORKER_LINE = re.compile(r"Ray worker (\d+) \(pid (\d+) on [^)]+\): (\d+) series, model loaded at ([\d.]+)")
@@ -133,8 +135,8 @@ def test_ray_engine_gives_the_local_engines_segs_and_loads_the_model_once_per_ac
         np.testing.assert_array_equal(ray_mask, local_mask)
         np.testing.assert_array_equal(ray_seg.pixel_array, local_seg.pixel_array)
         assert pacs.has_instance(ray_row["study_uid"], expected.series_uid, expected.sop_uid)
-    # one SEG per chosen series went into the PACS
-    assert orthanc.instance_count() == before + len(chosen)
+    # one SEG and one SR per chosen series went into the PACS
+    assert orthanc.instance_count() == before + RESULTS_PER_SERIES * len(chosen)
 
 
 def test_command_line_joins_an_existing_cluster_and_stores_nothing_twice(orthanc, ray_address, tmp_path):
@@ -165,7 +167,7 @@ def test_command_line_joins_an_existing_cluster_and_stores_nothing_twice(orthanc
 def test_sigterm_finishes_the_series_in_flight_then_the_same_command_completes(orthanc, ray_address, tmp_path):
     """SIGTERM to a Ray job (one actor, on the module's cluster) after its first series: the series in flight is
     finished and stored, none is started after it, exit 130; the same command then does the rest, and the PACS
-    ends with one SEG per series."""
+    ends with one SEG and one SR per series."""
     uids = upload_studies(orthanc, tmp_path)
     before = orthanc.instance_count()
     root = tmp_path / "job"
@@ -187,14 +189,14 @@ def test_sigterm_finishes_the_series_in_flight_then_the_same_command_completes(o
     outcomes = [row["outcome"] for row in report_rows(root).values() if row["outcome"] != "skipped"]
     # the first series, and the one in flight when the signal came (if any), are done; nothing else was started
     assert 1 <= outcomes.count("done") <= 2 and outcomes.count("not run") == 3 - outcomes.count("done"), outcomes
-    assert orthanc.instance_count() == before + outcomes.count("done")
+    assert orthanc.instance_count() == before + RESULTS_PER_SERIES * outcomes.count("done")
 
     done = subprocess.run([sys.executable, *args], cwd=root, capture_output=True, text=True, timeout=600,
                           env=subprocess_env())
     assert done.returncode == 0, done.stderr[-4000:]
     rows = report_rows(root)
     assert {rows[uids[name]]["outcome"] for name in ("a", "b", "c")} <= {"done", "already done"}
-    assert orthanc.instance_count() == before + 3
+    assert orthanc.instance_count() == before + RESULTS_PER_SERIES * 3
 
 
 def test_a_dead_worker_fails_only_its_series_and_is_replaced(orthanc, ray_address, tmp_path):

@@ -84,6 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     job.add_argument("--engine", choices=("local", "ray"), default="local", help="local process or a Ray cluster")
     job.add_argument("--address", help="Ray cluster address (e.g. auto, ray://head:10001); default: start one")
     job.add_argument("--workers", type=int, default=2, help="Ray actors, each with the model loaded once")
+    job.add_argument("--threads-per-worker", type=int, help="CPUs each Ray actor reserves and the torch/onnxruntime "
+                     "threads it runs with (default 1; a node with N cores runs N workers at 1 thread best)")
     job.add_argument("--watch", action="store_true", help="keep polling the PACS for new series until stopped")
     job.add_argument("--poll-interval", type=float, default=30.0, help="seconds between polls (default 30)")
     job.add_argument("--max-polls", type=int, help="with --watch: stop after this many polls")
@@ -169,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
     )
     options = JobOptions(connection, request, outputs, filters, ledger, args.report.resolve(), work_dir,
                          retry_failed=args.retry_failed, engine=args.engine, address=args.address,
-                         workers=args.workers, watch=args.watch, poll_interval_s=args.poll_interval,
+                         workers=args.workers, threads_per_worker=args.threads_per_worker, watch=args.watch,
+                         poll_interval_s=args.poll_interval,
                          max_polls=args.max_polls, viewer_url=args.viewer_url)
     try:
         return run_job(options)

@@ -61,6 +61,8 @@ class JobOptions:
         engine: ``"local"`` or ``"ray"``.
         address: Ray cluster address (``None``: a local Ray instance).
         workers: Ray actors.
+        threads_per_worker: CPUs each Ray actor reserves and the torch / onnxruntime threads it runs with
+            (``None``: 1).
         watch: keep polling for new series.
         poll_interval_s: seconds between polls in watch mode.
         max_polls: stop watching after this many polls (``None``: until stopped).
@@ -78,6 +80,7 @@ class JobOptions:
     engine: str = "local"
     address: str | None = None
     workers: int = 2
+    threads_per_worker: int | None = None
     watch: bool = False
     poll_interval_s: float = 30.0
     max_polls: int | None = None
@@ -131,7 +134,7 @@ def _make_engine(options: JobOptions, pacs):
         except ImportError as error:
             raise InputError(f"engine ray: the Ray engine is not available ({error})", parameter="engine") from None
         return RayEngine(options.connection, options.request, options.outputs, address=options.address,
-                         workers=options.workers)
+                         workers=options.workers, threads_per_worker=options.threads_per_worker)
     raise InputError(f"engine {options.engine}: expected local or ray", parameter="engine")
 
 

@@ -25,6 +25,7 @@ __all__ = ["COMMANDS", "flag_message", "main", "parse_assignments"]
 COMMANDS = {
     "infer": ("custom_networks.cli.infer", "segment a file or folder with a bundle (NIfTI, DICOM, images)"),
     "pacs-batch": ("custom_networks.cli.pacs_batch", "segment matching series of a PACS, store DICOM SEGs back"),
+    "pacs-listen": ("custom_networks.cli.pacs_listen", "an AI node the PACS pushes to: segment series as they arrive"),
     "ablation": ("custom_networks.cli.ablation", "seeded ablation study of a paper's claims through its bundle"),
 }
 PROG = "attention-unets"

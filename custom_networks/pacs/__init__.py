@@ -5,8 +5,10 @@ The modules, from the protocol up: ``client`` (what a PACS connection offers), `
 ``dicomweb`` and ``dimse`` (the two protocols), ``connect`` (``PacsConnection``, ``open_pacs``), ``processor``
 (one series: retrieve, segment with the bundle runtime's ``Segmenter``, store, verify), ``selection`` (the
 bundle's series rules per study), ``ledger``, ``engine`` (plan, record, the local engine), ``ray_engine``,
-``report`` and ``job`` (the whole job, watch mode included). Only ``client`` is imported here, so that importing
-the package stays cheap; torch and MONAI load when a processor builds its segmenter.
+``report`` and ``job`` (the whole job, watch mode included); for push mode (``attention-unets pacs-listen``, an AI
+node the PACS sends studies to) ``listener`` (the storage SCP, series completion, queue, workers), ``spool``,
+``routing`` (which bundle for which series) and ``audit`` (the JSON-lines audit log). Only ``client`` is imported
+here, so that importing the package stays cheap; torch and MONAI load when a processor builds its segmenter.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import requests
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +49,7 @@ from custom_networks.profiling import cpu_description, replace_section  # noqa: 
 from custom_networks.runtime import BundleRequest  # noqa: E402
 from custom_networks.runtime.locate import bundle_folder  # noqa: E402
 
-from orthanc_server import OrthancServer, orthanc_available  # noqa: E402
+from orthanc_server import OrthancServer, free_port, orthanc_available  # noqa: E402
 
 BRAIN, CHEST = "brain_tumor_mri_gsconv_eca_unet", "chest_xray_lung_ag_min_aspp_unet"
 
@@ -129,6 +130,46 @@ def run_once(server: OrthancServer, work: Path, bundle: str, model: str, weights
             "per_series_ratio": per_series / network_total, "job_ratio": wall / network_total}
 
 
+def run_push(server: OrthancServer, work: Path, bundle: str, model: str, weights: Path, overrides: dict,
+             studies: list[str], complete_after: float) -> dict:
+    """The same series pushed by Orthanc (``/modalities/{id}/store``, as a routing rule sends them) to a push-mode
+    AI node (``attention-unets pacs-listen``'s :class:`Listener`, one worker) that sends SEG and SR back by
+    STOW-RS; the wall time runs from the push until the node has confirmed every result."""
+    from custom_networks.pacs.listener import Listener, ListenerOptions
+    from custom_networks.pacs.routing import rules_from_data
+
+    job = work / f"{bundle}_{model}_push"
+    rules = rules_from_data({"rules": [{"name": "all", "bundle": bundle, "model": model, "weights": str(weights),
+                                        "device": "cpu", "overrides": overrides}]})
+    port = free_port()
+    options = ListenerOptions(ae_title="ATTUNETS_NODE", port=port, allowed_aets=(server.aet,), rules=rules,
+                              spool=job / "spool", ledger=job / "jobs.sqlite", audit=job / "audit.jsonl",
+                              complete_after=complete_after, send_to=server.dicomweb_url,
+                              credentials=Credentials(server.username, server.password), report_dir=job / "report",
+                              retry=RetryPolicy(attempts=3, initial_delay_s=0.5))
+    listener = Listener(options).start()
+    try:
+        requests.put(f"{server.url}/modalities/attunets-node", auth=server.auth, timeout=30,
+                     json={"AET": "ATTUNETS_NODE", "Host": "127.0.0.1", "Port": port}).raise_for_status()
+        start = time.perf_counter()
+        server.push("attunets-node", [server.lookup(uid) for uid in studies])
+        if not listener.wait_idle(timeout=3600):
+            raise SystemExit(f"{job}: the push-mode node did not finish within an hour")
+        wall = time.perf_counter() - start
+    finally:
+        listener.stop()
+    rows = json.loads((job / "report" / "series.json").read_text())["series"]
+    done = [row for row in rows if row["outcome"] == "done"]
+    if len(done) != len(studies):
+        raise SystemExit(f"{job}: {len(done)} of {len(studies)} series done; see {job / 'report'}")
+    stages = {stage: float(np.mean([row["seconds"].get(stage, 0.0) for row in done])) for stage in STAGES}
+    network_total = sum(row["seconds"].get("network", 0.0) for row in done)
+    per_series = sum(sum(row["seconds"].get(stage, 0.0) for stage in STAGES) for row in done)
+    return {"bundle": bundle, "model": model, "engine": f"push ({complete_after:g} s)", "series": len(done),
+            "wall_s": wall, "series_per_hour": len(done) / wall * 3600, "query_s": 0.0, "stages": stages,
+            "per_series_ratio": per_series / network_total, "job_ratio": wall / network_total}
+
+
 def render(results: list[dict], args: argparse.Namespace, query_note: str) -> str:
     header = ("| bundle | model | engine | series/h | query | " + " | ".join(STAGES)
               + " | per series / network | job / network |")
@@ -171,8 +212,13 @@ def render(results: list[dict], args: argparse.Namespace, query_note: str) -> st
         "time: what the job adds per series. *job / network* is the whole job's wall time over the summed network "
         "time: it also carries what is done once (imports, building the workflow and loading the model, starting "
         "Ray and its actors, the query, the report), so it falls towards the per-series ratio as batches grow. "
-        "With 2 Ray workers each actor has one of the machine's 2 cores, so Ray pays off only with more cores or "
-        "nodes.",
+        "With 2 Ray workers each actor has one of the machine's 2 cores and one torch thread "
+        "(`--threads-per-worker`, default 1); the local engine is one process with 2 torch threads.",
+        "",
+        "*push* rows: the same series pushed by Orthanc to `attention-unets pacs-listen` (one worker), results sent "
+        "back by STOW-RS; the wall time runs from the push to the last confirmed result and includes the completion "
+        "timeout (a series is complete when no instance has come for that long) once per batch, not per series, "
+        "as series complete while earlier ones are processed.",
     ]
     return "\n".join(lines)
 
@@ -186,6 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bundles", nargs="+", default=[BRAIN, CHEST])
     parser.add_argument("--models", nargs="+", default=["torch", "int8"])
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray rows")
+    parser.add_argument("--no-push", action="store_true", help="skip the push-mode rows (pacs-listen)")
+    parser.add_argument("--complete-after", type=float, default=2.0,
+                        help="push mode: seconds without an instance that complete a series (default 2)")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
     if not orthanc_available():
@@ -208,6 +257,11 @@ def main(argv: list[str] | None = None) -> None:
                     engines = ["local", "ray"] if ray_ok and model == "torch" else ["local"]
                     for engine in engines:
                         result = run_once(server, work, bundle, model, models[model], overrides, studies, engine)
+                        print(json.dumps(result), flush=True)
+                        results.append(result)
+                    if not args.no_push:
+                        result = run_push(server, work, bundle, model, models[model], overrides, studies,
+                                          args.complete_after)
                         print(json.dumps(result), flush=True)
                         results.append(result)
     note = "" if ray_ok else "Ray is not installed here: no Ray rows."

@@ -35,8 +35,8 @@ __all__ = ["add_arguments", "run"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     node = parser.add_argument_group("DICOM node")
     node.add_argument("--ae-title", default="ATTUNETS", help="this node's AE title (default ATTUNETS)")
-    node.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for a "
-                      "PACS on another machine)")
+    node.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; a PACS on "
+                      "another machine needs the node's address on the network the PACS reaches)")
     node.add_argument("--port", type=int, default=11112, help="port to listen on (default 11112)")
     node.add_argument("--allow-aet", action="append", required=True, metavar="AET",
                       help="calling AE title allowed to send (the PACS's own); repeatable")

@@ -200,15 +200,24 @@ def test_sigterm_finishes_the_series_in_flight_then_the_same_command_completes(o
 
 
 def test_a_dead_worker_fails_only_its_series_and_is_replaced(orthanc, ray_address, tmp_path):
-    """The only actor is killed before its first series: that series fails naming the dead worker, a new actor
-    (its own model load) takes the next series, which is stored and confirmed."""
+    """The only actor is killed before its first series: a new actor (its own model load) is given that series once
+    more, and stores and confirms it. A series whose actor dies twice (its argument ends the actor process when it
+    is unpickled there) fails naming the dead worker; a third new actor then takes the next series."""
+    import dataclasses
+
     uids = upload_studies(orthanc, tmp_path)
     options = job(orthanc, tmp_path / "job", "ray", store_pacs=True)
     info = options.request.prepare()
     request = options.request.pinned(info)  # as run_job resolves it
     pacs = DimseClient(orthanc.aet, "127.0.0.1", orthanc.dicom_port, calling_aet=orthanc.client_aet)
     refs = {ref.series_uid: ref for ref in pacs.find_series(QueryFilters(modality="MR"))}
-    tasks = [SeriesTask(refs[uids["b"]]), SeriesTask(refs[uids["c"]])]
+
+    class KillsItsActor(type(refs[uids["c"]])):
+        def __reduce__(self):
+            return (os._exit, (1,))
+
+    deadly = KillsItsActor(**dataclasses.asdict(refs[uids["c"]]))
+    tasks = [SeriesTask(refs[uids["b"]]), SeriesTask(deadly), SeriesTask(refs[uids["a"]])]
     engine = RayEngine(options.connection, request, options.outputs, workers=1)
     with Ledger(options.ledger, JobKey(info.name, info.version, info.weights_sha256)) as ledger:
         for task in tasks:
@@ -220,13 +229,19 @@ def test_a_dead_worker_fails_only_its_series_and_is_replaced(orthanc, ray_addres
             workers = engine.describe_workers()
         finally:
             engine.close()
-        first, second = (book.results[task.series.series_uid] for task in tasks)
-        assert (first.state, first.failed_stage) == ("failed", "engine")
-        assert first.reason.startswith("the Ray worker died while processing this series")
-        assert second.state == "verified" and engine.actors_started == 2
-        # one live actor, the replacement, which loaded its model and processed the second series
+        retried, failed, last = (book.results[task.series.series_uid] for task in tasks)
+        assert retried.state == "verified" and last.state == "verified"
+        assert (failed.state, failed.failed_stage) == ("failed", "engine")
+        assert failed.reason.startswith("the Ray worker died while processing this series")
+        # the first actor, the one the retried series got, and the two the deadly series killed; then a fourth
+        assert engine.actors_started == 4
+        # one live actor, the last replacement, which loaded its model and processed the last series
         assert [worker["processed"] for worker in workers] == [1]
-        assert [ledger.get(task.series.series_uid).state for task in tasks] == ["failed", "verified"]
+        rows = [ledger.get(task.series.series_uid) for task in tasks]
+        assert [(row.state, row.attempts) for row in rows] == [("verified", 2), ("failed", 2), ("verified", 1)]
+    for result in (retried, last):
+        assert pacs.has_instance(result.series.study_uid, result.seg_series_uid, result.seg_sop_uid)
+    assert not pacs.has_instance(failed.series.study_uid, failed.seg_series_uid, failed.seg_sop_uid)
 
 
 def test_c_move_with_several_ray_workers_is_refused(tmp_path):

@@ -8,6 +8,12 @@ send back through a Ray queue (``retrieved``, ``inferred``, ``stored``, so that 
 engine would) and ``book.finish`` when a result returns. ``ray.util.ActorPool`` does not fit: it hands the next
 task to an actor only when the driver asks for a result, and cannot replace an actor that died.
 
+An actor that dies while processing a series (its process, or its whole node, is gone: ``RayActorError``) is
+replaced, and the series is handed once more to the next free actor (another one, or the replacement once it has
+loaded its model; ``book.start`` again, one more ledger attempt, one result). Should that actor die too, the series is
+recorded failed. Each result's log line names the Ray node the series ran on; ``describe()`` gives an actor's node
+id. The event queue's actor is placed on the driver's node, so that losing a worker node does not lose it.
+
 Without ``address`` a local Ray instance is started (``ray.init`` with ``workers`` CPUs, no dashboard) and shut
 down at ``close``; with it (``auto``, ``host:6379``, ``ray://head:10001``) the job joins that cluster. In a process
 where Ray is already initialised (a test module's instance) that instance is used and left running. Ray 2.60 cannot
@@ -30,6 +36,7 @@ import dataclasses
 import logging
 import os
 import queue
+import shutil
 import signal
 import threading
 import traceback
@@ -49,6 +56,8 @@ logger = logging.getLogger(__name__)
 
 # seconds the driver waits for a result before it looks at stop requests and stage events again
 _POLL_S = 0.5
+# times a series is handed out when the actors processing it die (its process or its node): once more, then failed
+_DEATHS_ALLOWED = 2
 
 
 class SeriesActor:
@@ -83,6 +92,7 @@ class SeriesActor:
         import torch
 
         return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(),
+                "node_id": ray.get_runtime_context().get_node_id(),
                 "model_loaded_at": self.processor.segmenter.loaded_at, "processed": self.processed,
                 "threads": torch.get_num_threads()}
 
@@ -182,22 +192,38 @@ class RayEngine:
         self.connection, self.request, self.outputs = connection, request, outputs
         self._abandoned = False
         self.work_dir = str(work_dir or Path(outputs.results_dir).parent / "tmp")
-        # the queue's own actor needs no CPU: it must not take one of the workers' slots
-        self._events = Queue(actor_options={"num_cpus": 0})
+        # the queue's own actor needs no CPU: it must not take one of the workers' slots; it lives on the driver's
+        # node, so that a worker node that dies does not take the stage events of the other series with it
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        self._events = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=False)})
         self.threads_per_worker = threads_per_worker
         self._actor_class = ray.remote(num_cpus=threads_per_worker or 1, num_gpus=num_gpus,
                                        runtime_env={"env_vars": _worker_env(threads_per_worker or 1)})(SeriesActor)
         self._actors = [self._new_actor() for _ in range(workers)]
         self.actors_started = len(self._actors)
+        # actors known to have loaded their model (a replacement joins once it has), and each one's Ray node id
+        self._live: set[int] = set(range(workers))
+        self._nodes: dict[int, str] = {}
+        self._described: dict[int, dict] = {}
+        # describe() of replacements still starting -> their index; a replacement waits for a node with free CPUs
+        self._starting: dict = {}
         try:
             described = ray.get([actor.describe.remote() for actor in self._actors])
         except ray.exceptions.RayError as error:
             self.close()
             raise InputError(f"engine ray: a worker could not load the bundle: {_last_line(error)}",
                              parameter="engine") from None
-        for number, info in enumerate(described, start=1):
-            logger.info("Ray worker %d (pid %d on %s): model loaded at %.6f, %d thread(s)", number, info["pid"],
-                        info["node"], info["model_loaded_at"], info["threads"])
+        for index, info in enumerate(described):
+            self._started(index, info)
+
+    def _started(self, index: int, info: dict) -> None:
+        self._nodes[index] = info["node_id"]
+        self._described[index] = info
+        self._live.add(index)
+        logger.info("Ray worker %d (pid %d on %s node %s): model loaded at %.6f, %d thread(s)", index + 1,
+                    info["pid"], info["node"], info["node_id"][:8], info["model_loaded_at"], info["threads"])
 
     def _init_ray(self, address: str | None, num_cpus: int, temp_dir: Path | None) -> None:
         ray = self._ray
@@ -248,36 +274,65 @@ class RayEngine:
         ray = self._ray
         by_uid = {task.series.series_uid: task for task in waiting}
         total, done = len(waiting), 0
-        idle = list(range(len(self._actors)))
+        idle = sorted(self._live)
         in_flight: dict = {}  # result ref -> (actor index, task)
-        while (waiting and not stop.requested) or in_flight:
-            while waiting and idle and not stop.requested:
-                index, task = idle.pop(0), waiting.pop(0)
+        # series whose actor died, to be handed out again (even after a stop request: they were in flight)
+        again: list[SeriesTask] = []
+        deaths: dict[str, int] = {}
+        while (waiting and not stop.requested) or in_flight or again:
+            while idle and (again or (waiting and not stop.requested)):
+                index, task = idle.pop(0), (again or waiting).pop(0)
                 book.start(task)
                 in_flight[self._actors[index].process.remote(task)] = (index, task)
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=_POLL_S)
+            ready, _ = ray.wait([*in_flight, *self._starting], num_returns=1, timeout=_POLL_S)
             # a result's stage events were queued before it returned: record them first
             self._apply_events(book, by_uid)
             for ref in ready:
+                if ref in self._starting:
+                    index = self._starting.pop(ref)
+                    try:
+                        self._started(index, ray.get(ref))
+                        idle.append(index)
+                    except ray.exceptions.RayError as error:
+                        logger.error("Ray worker %d could not start: %s", index + 1, _last_line(error))
+                    continue
                 index, task = in_flight.pop(ref)
-                result = self._result(ref, index, task)
+                result = self._result(ref, index, task, deaths)
+                if index in self._live:
+                    idle.append(index)
+                if result is None:
+                    again.append(task)
+                    continue
                 book.finish(result)
-                idle.append(index)
                 done += 1
-                logger.info("[%d/%d] series %s: %s %s", done, total, task.series.series_uid, result.state,
-                            result.reason)
+                logger.info("[%d/%d] series %s: %s on node %s%s", done, total, task.series.series_uid, result.state,
+                            self._nodes.get(index, "?")[:8], f": {result.reason}" if result.reason else "")
+            if not (in_flight or self._starting or idle) and (again or waiting):
+                for task in again:
+                    book.finish(SeriesResult(task.series, STATE_FAILED, "no Ray worker left to process this series",
+                                             failed_stage="engine"))
+                again.clear()
+                logger.error("no Ray worker left: %d series not started", len(waiting))
+                break
         if waiting:
             logger.warning("stopped (%s) with %d of %d series not started", stop.signal_name, len(waiting), total)
 
-    def _result(self, ref, index: int, task: SeriesTask) -> SeriesResult:
-        """The actor's result; an actor that died (or a bug in it) fails this series only, and is replaced."""
+    def _result(self, ref, index: int, task: SeriesTask, deaths: dict[str, int]) -> SeriesResult | None:
+        """The actor's result; a bug in the actor fails this series only. An actor that died is replaced, and its
+        series is handed out once more (``None``) before it fails."""
         ray = self._ray
+        uid = task.series.series_uid
         try:
             return ray.get(ref)
         except ray.exceptions.RayActorError as error:
-            logger.error("Ray worker %d died on series %s; starting a new one", index + 1, task.series.series_uid)
-            self._actors[index] = self._new_actor()
-            self.actors_started += 1
+            deaths[uid] = deaths.get(uid, 0) + 1
+            again = deaths[uid] < _DEATHS_ALLOWED
+            logger.error("Ray worker %d died on series %s (node %s: %s); starting a new one%s", index + 1, uid,
+                         self._nodes.get(index, "?")[:8], _last_line(error),
+                         ", and the series goes to the next free worker" if again else "")
+            self._replace(index)
+            if again:
+                return None
             reason = f"the Ray worker died while processing this series: {_last_line(error)}"
         except ray.exceptions.RayTaskError as error:
             logger.error("Ray worker %d failed on series %s:\n%s", index + 1, task.series.series_uid,
@@ -285,9 +340,24 @@ class RayEngine:
             reason = f"the Ray worker failed: {_last_line(error)}"
         return SeriesResult(task.series, STATE_FAILED, reason, failed_stage="engine")
 
+    def _replace(self, index: int) -> None:
+        """A new actor in place of the dead one at ``index``; it takes series once it has loaded its model."""
+        self._live.discard(index)
+        self._nodes.pop(index, None)
+        dead = self._described.pop(index, None)
+        if dead and dead["node"] == self._ray.util.get_node_ip_address():
+            # the dead actor's bundle output folder, when it ran on this machine (elsewhere the next job's start
+            # removes it, as it does a killed local job's)
+            shutil.rmtree(Path(self.outputs.results_dir) / f".bundle-output-{dead['pid']}", ignore_errors=True)
+        self._actors[index] = self._new_actor()
+        self.actors_started += 1
+        self._starting[self._actors[index].describe.remote()] = index
+
     def describe_workers(self) -> list[dict]:
-        """Per live actor: pid, node, when its model was loaded and series processed."""
-        return self._ray.get([actor.describe.remote() for actor in self._actors])
+        """Per live actor (not a replacement still waiting for a node): pid, node and node id, when its model was
+        loaded and series processed."""
+        live = sorted(self._live)
+        return self._ray.get([self._actors[index].describe.remote() for index in live])
 
     def close(self) -> None:
         """Let the actors clean up, stop them, and shut down a Ray instance this engine started."""
@@ -295,10 +365,11 @@ class RayEngine:
         try:
             if self._abandoned:
                 return
-            for number, info in enumerate(self.describe_workers(), start=1):
-                logger.info("Ray worker %d (pid %d on %s): %d series, model loaded at %.6f", number, info["pid"],
-                            info["node"], info["processed"], info["model_loaded_at"])
-            ray.get([actor.close.remote() for actor in self._actors], timeout=60)
+            for index, info in zip(sorted(self._live), self.describe_workers(), strict=True):
+                logger.info("Ray worker %d (pid %d on %s node %s): %d series, model loaded at %.6f", index + 1,
+                            info["pid"], info["node"], info["node_id"][:8], info["processed"],
+                            info["model_loaded_at"])
+            ray.get([self._actors[index].close.remote() for index in sorted(self._live)], timeout=60)
         except ray.exceptions.RayError as error:
             logger.warning("Ray workers did not close cleanly: %s", _last_line(error))
         finally:

@@ -24,7 +24,7 @@ __all__ = ["COMMANDS", "flag_message", "main", "parse_assignments"]
 # command -> (module, one-line help); later commands (PACS batch jobs, ablation studies) add themselves here
 COMMANDS = {
     "infer": ("custom_networks.cli.infer", "segment a file or folder with a bundle (NIfTI, DICOM, images)"),
-    "pacs-batch": ("custom_networks.cli.pacs_batch", "segment matching series of a PACS, store DICOM SEGs back"),
+    "pacs-batch": ("custom_networks.cli.pacs_batch", "segment matching series of a PACS, store DICOM SEG and SR back"),
     "pacs-listen": ("custom_networks.cli.pacs_listen", "an AI node the PACS pushes to: segment series as they arrive"),
     "ablation": ("custom_networks.cli.ablation", "seeded ablation study of a paper's claims through its bundle"),
 }

@@ -51,4 +51,5 @@ def bundle_folder(name_or_path: str | os.PathLike) -> Path:
     known = bundle_names()
     hint = closest(Path(text).name, known)
     hint_text = f"did you mean {hint}?" if hint else f"bundles: {', '.join(known)}"
-    raise InputError(f"bundle {text}: no bundle there (a folder with {_INFERENCE_CONFIG}); {hint_text}")
+    raise InputError(f"bundle {text}: no bundle there (a folder with {_INFERENCE_CONFIG}); {hint_text}",
+                     parameter="bundle")

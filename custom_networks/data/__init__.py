@@ -1,4 +1,5 @@
-"""Data for the bundles: demo datasets in the public layouts, datalists split by patient, input checks, and the
-synthetic sample study of the main job. Import the module you need; nothing heavy is loaded here."""
+"""Data for the bundles: demo datasets in the public layouts, datalists split by patient, input checks, the
+synthetic sample study of the main job, and lesions on the MNI152 template (``lesion_slices``). Import the module
+you need; nothing heavy is loaded here."""
 
-__all__ = ["bundle_inputs", "datalist", "demo", "sample_study"]
+__all__ = ["bundle_inputs", "datalist", "demo", "lesion_slices", "sample_study"]

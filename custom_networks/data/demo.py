@@ -17,7 +17,7 @@ Layouts (see ``shared/specs/datasets.md``):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ __all__ = [
     "DEMO_TASKS",
     "write_brain_tumor_png",
     "write_lgg_tif",
+    "write_lgg_cases",
     "write_montgomery_cxr",
     "write_shenzhen_cxr",
     "write_isic2018",
@@ -334,13 +335,27 @@ def write_lgg_tif(
         size: slice height and width in pixels.
         seed: random seed; the same seed writes the same files.
     """
-    root = Path(root)
     rng = np.random.default_rng(seed)
+    return write_lgg_cases(root, rng, n_patients, lambda rng: _lgg_volume(rng, slices_per_patient, size))
+
+
+def write_lgg_cases(
+    root: str | Path,
+    rng: np.random.Generator,
+    n_patients: int,
+    make_patient: Callable[[np.random.Generator], list[tuple[np.ndarray, np.ndarray]]],
+) -> list[dict]:
+    """Write ``n_patients`` patients in the ``kaggle_3m/<case>/<case>_<k>(_mask).tif`` layout.
+
+    ``make_patient(rng)`` returns one patient's slices ``[(RGB image in [0, 1], mask), ...]``; case names are
+    drawn from ``rng`` first. Returns ``[{"image": Path, "label": Path}, ...]``.
+    """
+    root = Path(root)
     pairs = []
     for case in _lgg_case_names(rng, n_patients):
         folder = root / "kaggle_3m" / case
         folder.mkdir(parents=True, exist_ok=True)
-        for k, (image, mask) in enumerate(_lgg_volume(rng, slices_per_patient, size), start=1):
+        for k, (image, mask) in enumerate(make_patient(rng), start=1):
             image_path, mask_path = folder / f"{case}_{k}.tif", folder / f"{case}_{k}_mask.tif"
             tifffile.imwrite(image_path, _to_uint8(image), photometric="rgb")
             tifffile.imwrite(mask_path, _mask_uint8(mask), photometric="minisblack")

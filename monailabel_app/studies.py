@@ -25,6 +25,7 @@ def image_problem(path: Path) -> str | None:
     """Why the image file ``path`` cannot be segmented by any bundle (unreadable, NaN values); ``None`` if it
     reads. Formats other than NIfTI and 2D images are not checked here."""
     name = path.name.lower()
+    what = "NIfTI file" if name.endswith(NIFTI_SUFFIXES) else "image file"
     try:
         if name.endswith(NIFTI_SUFFIXES):
             data = np.asanyarray(nib.load(path).dataobj)
@@ -34,7 +35,7 @@ def image_problem(path: Path) -> str | None:
         else:
             return None
     except Exception as error:
-        return f"unreadable ({type(error).__name__}: {one_line(error)})"
+        return f"truncated or corrupt {what} ({type(error).__name__}: {one_line(error)})"
     if np.issubdtype(data.dtype, np.floating):
         non_finite = int((~np.isfinite(data)).sum())
         if non_finite:
@@ -49,7 +50,7 @@ def dicom_hint(studies: Path, listed: int) -> str | None:
              and (p.suffix.lower() == ".dcm" or pydicom.misc.is_dicom(p))]
     if not dicom:
         return None
-    where = "holds only DICOM files" if not listed else f"holds {len(dicom)} DICOM files besides {listed} images"
+    where = "holds only DICOM files" if not listed else f"holds DICOM files ({len(dicom)}) besides {listed} images"
     return (f"studies folder {studies} {where}: MONAI Label does not list DICOM files from a folder; upload them "
             "to Orthanc and start with --studies http://127.0.0.1:8042/dicom-web (see docs/monailabel.md)")
 

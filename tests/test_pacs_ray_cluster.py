@@ -1,7 +1,9 @@
 """``--engine ray`` on a real two-node Ray cluster on this machine: a head node and a second node, each started by
 its own ``ray start`` process with one CPU, both on 127.0.0.1. Two actors (one CPU each) are placed one per node, give
 the local engine's SEG UIDs and masks; then the second node's whole process tree is killed mid-batch and its series is
-finished by the head node's actor: every series verified once, one SEG and one SR each in the PACS.
+finished by the head node's actor: every series verified once, one SEG and one SR each in the PACS. The push-mode node
+(``pacs-listen``'s :class:`Listener` with engine ray) joins the same cluster: studies Orthanc pushes to it are segmented
+by one actor on each node and their SEG and SR stored back in Orthanc, as the local engine makes them.
 
 Ray 2.60 listens on every interface whatever ``--node-ip-address`` says (see ``custom_networks.pacs.ray_engine``); its
 token authentication is on when ``~/.ray/auth_token`` exists, and a driver given an explicit address must be told so
@@ -26,8 +28,12 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import ray
+from test_pacs_listener import COMPLETE_AFTER, PROCESSING_S, download, listener_options, mr_series, results_in_study
+from test_pacs_listener import series_uid as first_series_uid
+from test_pacs_listener import study as listener_study
 from test_pacs_ray import BUNDLE, RESULTS_PER_SERIES, job, kept, report_rows, upload_studies
 
 from custom_networks.clinical.seg_writer import deterministic_seg_uids
@@ -35,8 +41,10 @@ from custom_networks.pacs.connect import PacsConnection
 from custom_networks.pacs.credentials import Credentials
 from custom_networks.pacs.dicomweb import DicomWebClient
 from custom_networks.pacs.job import EXIT_OK, run_job
+from custom_networks.pacs.listener import Listener
 from custom_networks.runtime import prepare_bundle
 
+from conftest import CLIENT_AET
 from orthanc_server import free_port
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.ray]
@@ -271,3 +279,48 @@ def test_a_killed_node_has_its_series_finished_on_the_head(orthanc, cluster, tmp
     assert orthanc.instance_count() == before + RESULTS_PER_SERIES * len(chosen)
     results = Path(options.outputs.results_dir)
     assert not results.exists() or not any(results.iterdir()), list(results.rglob("*"))
+
+
+def test_push_listener_on_ray_stores_the_local_engines_results_from_actors_on_both_nodes(orthanc, cluster, tmp_path,
+                                                                                          caplog):
+    studies = [listener_study(f"ray push {number}") for number in range(2)]
+    sources = {}
+    for number, pushed in enumerate(studies):
+        files = mr_series(tmp_path / f"t1_{number}", number, pushed)
+        orthanc.upload(files)
+        sources[first_series_uid(files)] = pushed.study_instance_uid
+    resources = [orthanc.lookup(pushed.study_instance_uid) for pushed in studies]
+    # the local engine's results, kept in a folder only
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    local.mkdir()
+    on_ray.mkdir()
+    with Listener(listener_options(orthanc, local, send_to=None, output_dir=local / "out")) as listener:
+        orthanc.push(CLIENT_AET, resources)
+        assert listener.wait_idle(COMPLETE_AFTER + PROCESSING_S)
+    before = orthanc.instance_count()
+
+    # the node joins the cluster itself (address), one actor per worker: one lands on each node's single CPU
+    options = listener_options(orthanc, on_ray, engine="ray", address=cluster.address, workers=2,
+                               threads_per_worker=1)
+    with caplog.at_level(logging.INFO, logger="custom_networks.pacs.ray_engine"), Listener(options) as listener:
+        orthanc.push(CLIENT_AET, resources)
+        assert listener.wait_idle(COMPLETE_AFTER + PROCESSING_S), caplog.text[-3000:]
+    assert not ray.is_initialized()  # the listener left the cluster when it stopped
+    started = [match[3] for match in START_LINE.finditer(caplog.text)]
+    assert sorted(started) == sorted([cluster.head_id[:8], cluster.second_id[:8]]), caplog.text[-3000:]
+    ran_on = {match[1]: (match[2], match[3]) for match in RESULT_LINE.finditer(caplog.text)}
+    assert set(ran_on) == set(sources) and {state for state, _ in ran_on.values()} == {"verified"}, ran_on
+
+    # SEG and SR back in Orthanc, the same instances (UIDs, SEG pixels) the local engine wrote; nothing else stored
+    assert orthanc.instance_count() == before + RESULTS_PER_SERIES * len(sources)
+    for source, study_uid in sources.items():
+        folder = local / "out" / study_uid / source
+        for modality, name in (("SEG", "seg.dcm"), ("SR", "sr.dcm")):
+            [stored_id] = results_in_study(orthanc, study_uid, modality)
+            stored, written = download(orthanc, stored_id), pydicom.dcmread(folder / name)
+            assert (stored.SeriesInstanceUID, stored.SOPInstanceUID) == (written.SeriesInstanceUID,
+                                                                          written.SOPInstanceUID), modality
+            if modality == "SEG":
+                assert written.pixel_array.any()
+                np.testing.assert_array_equal(stored.pixel_array, written.pixel_array)
+    assert not any(path.is_file() and path.name != ".lock" for path in (on_ray / "spool").rglob("*"))

@@ -244,6 +244,27 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys, options, words):
     assert err.count("\n") == 0 and words in err, err
 
 
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        (["--address", "auto"], "--address: only for --engine ray"),
+        (["--engine", "ray", "--threads-per-worker", "0"], "--threads-per-worker 0: at least 1"),
+        (["--engine", "ray", "--workers", "0"], "--workers 0: at least 1"),
+    ],
+)
+def test_pacs_listen_engine_options_are_one_line_errors(tmp_path, capsys, options, words):
+    from custom_networks.cli import main
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - name: brain\n    bundle: brain_tumor_mri_gsconv_eca_unet\n    demo: true\n")
+    args = ["pacs-listen", "--allow-aet", "ORTHANC", "--rules", str(rules), "--spool", str(tmp_path / "spool"),
+            "--ledger", str(tmp_path / "node.sqlite"), "--output", str(tmp_path / "out"), *options]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and words in err, err
+    assert not (tmp_path / "spool").exists()  # refused before anything was written
+
+
 def test_study_date_ranges():
     from custom_networks.cli.pacs_batch import _date_range
 

@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from custom_networks.cli import parse_assignments
+from custom_networks.cli.engine_options import add_engine_arguments, check_engine_arguments
 from custom_networks.errors import InputError
 from custom_networks.runtime.bundle_run import MODEL_CHOICES
 
@@ -81,11 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     job.add_argument("--nifti", action="store_true", help="with --output, also keep the NIfTI mask")
     job.add_argument("--work-dir", type=Path, help="scratch folder (default: <ledger>.work beside the ledger)")
     job.add_argument("--retry-failed", action="store_true", help="process series that failed before again")
-    job.add_argument("--engine", choices=("local", "ray"), default="local", help="local process or a Ray cluster")
-    job.add_argument("--address", help="Ray cluster address (e.g. auto, ray://head:10001); default: start one")
-    job.add_argument("--workers", type=int, default=2, help="Ray actors, each with the model loaded once")
-    job.add_argument("--threads-per-worker", type=int, help="CPUs each Ray actor reserves and the torch/onnxruntime "
-                     "threads it runs with (default 1; a node with N cores runs N workers at 1 thread best)")
+    add_engine_arguments(job, 2, "Ray actors, each with the model loaded once (default 2)")
     job.add_argument("--watch", action="store_true", help="keep polling the PACS for new series until stopped")
     job.add_argument("--poll-interval", type=float, default=30.0, help="seconds between polls (default 30)")
     job.add_argument("--max-polls", type=int, help="with --watch: stop after this many polls")
@@ -124,8 +121,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--nifti: the NIfTI masks go to --output; give it (and --store pacs,folder or folder)")
     if args.retries < 1:
         raise InputError(f"--retries {args.retries}: at least 1 (one attempt, no retry)")
-    if args.engine == "local" and args.address:
-        raise InputError("--address: only for --engine ray")
+    check_engine_arguments(args)
 
     from custom_networks.pacs.client import PacsError, QueryFilters
     from custom_networks.pacs.connect import PacsConnection

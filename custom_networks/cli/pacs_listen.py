@@ -18,6 +18,7 @@ examples:
       --spool /var/spool/ainode --ledger node.sqlite --audit audit.jsonl --send-to ORTHANC@127.0.0.1:4242
   attention-unets pacs-listen ... --send-to https://pacs.example.org/dicom-web --credentials pacs.json
   attention-unets pacs-listen ... --output segs/ --nifti --workers 2 --complete-after 30
+  attention-unets pacs-listen ... --engine ray --address auto --workers 8    (series on a Ray cluster's actors)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import logging
 import sys
 from pathlib import Path
 
+from custom_networks.cli.engine_options import add_engine_arguments, check_engine_arguments
 from custom_networks.errors import InputError
 
 __all__ = ["add_arguments", "run"]
@@ -46,8 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     routing = parser.add_argument_group("routing and processing")
     routing.add_argument("--rules", required=True, type=Path, help="routing rules file (YAML or JSON)")
     routing.add_argument("--device", default="auto", help="device of rules that name none: auto, cpu, cuda, cuda:N")
-    routing.add_argument("--workers", type=int, default=1, help="series processed at once (threads, each loading "
-                         "its own model; default 1)")
+    add_engine_arguments(routing, 1, "series processed at once: threads of this process (--engine local) or Ray "
+                         "actors (--engine ray), each loading a bundle's model once (default 1)")
     routing.add_argument("--queue-size", type=int, help="complete series waiting for a worker, at most (default "
                          "twice --workers)")
 
@@ -81,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--nifti: the NIfTI masks go to --output; give it")
     if args.retries < 1:
         raise InputError(f"--retries {args.retries}: at least 1 (one attempt, no retry)")
+    check_engine_arguments(args)
 
     from custom_networks.pacs.credentials import load_credentials
     from custom_networks.pacs.listener import Listener, ListenerOptions, check_ae_title
@@ -105,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
         output_dir=args.output.resolve() if args.output else None,
         write_nifti=args.nifti,
         workers=args.workers,
+        engine=args.engine,
+        address=args.address,
+        threads_per_worker=args.threads_per_worker,
         queue_size=args.queue_size,
         work_dir=args.work_dir.resolve() if args.work_dir else None,
         report_dir=args.report.resolve() if args.report else None,

@@ -137,12 +137,12 @@ class BatchBook:
 
     Args:
         ledger: the job's ledger.
-        report_dir: where thumbnails go (``thumbnails/<series UID>.png``).
+        report_dir: where thumbnails go (``thumbnails/<series UID>.png``); ``None``: no report, no thumbnails.
     """
 
-    def __init__(self, ledger: Ledger, report_dir: Path) -> None:
+    def __init__(self, ledger: Ledger, report_dir: Path | None) -> None:
         self.ledger = ledger
-        self.report_dir = Path(report_dir)
+        self.report_dir = Path(report_dir) if report_dir is not None else None
         self.results: dict[str, SeriesResult] = {}
         self.in_flight: set[str] = set()
 
@@ -174,7 +174,7 @@ class BatchBook:
             self.ledger.set_state(uid, STATE_FAILED, last_error=result.reason, failed_stage=result.failed_stage,
                                   **common)
             logger.warning("series %s failed (%s): %s", uid, result.failed_stage, result.reason)
-        if result.thumbnail_png:
+        if result.thumbnail_png and self.report_dir is not None:
             from custom_networks.atomic_files import atomic_path
 
             with atomic_path(thumbnail_path(self.report_dir, uid)) as temporary:

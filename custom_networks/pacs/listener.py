@@ -26,9 +26,17 @@ others wait for the rest of their timeout) and finishes them from their ledger s
 a result stored twice one result. A series pushed again after its result was confirmed is recorded ``already
 done``; one that failed is processed again. Only one listener (or ``pacs-batch`` job) uses a ledger at a time.
 
-Workers: ``workers`` threads in this process, each with its own processor per bundle (model loaded once per worker
-and bundle, on the first series routed to it). The Ray engine of ``pacs-batch`` is not used: its actors open
-their PACS from a :class:`~custom_networks.pacs.connect.PacsConnection` and could not read this node's spool.
+Workers: ``workers`` threads in this process, each with its own engine per bundle (model loaded once per worker
+and bundle, on the first series routed to it). With ``engine="local"`` that is a
+:class:`~custom_networks.pacs.engine.LocalEngine` in this process; with ``engine="ray"`` a
+:class:`~custom_networks.pacs.ray_engine.RayEngine` of one actor (``pacs-batch``'s engine: ``threads_per_worker``
+CPUs and threads, a dead actor replaced and its series handed to the new one once), so ``workers`` series run at
+once on the Ray cluster at ``address`` (or a local instance the listener starts and stops). An actor reads its
+series from the spool by path (:class:`~custom_networks.pacs.spool.SpoolConnection`) and stores the results on the
+destination itself: on one machine that is the same disk; on several Ray nodes the spool, the work folder and any
+output folder must be a shared file system mounted at the same path on every node, and every node must reach the
+destination PACS. A local instance has ``workers x threads_per_worker`` CPUs per bundle rule (a worker keeps one
+actor per bundle it has run, and runs one series at a time).
 
 The audit log (JSON lines, :class:`~custom_networks.pacs.audit.AuditLog`) records, with the UTC time:
 
@@ -70,11 +78,12 @@ from custom_networks.atomic_files import TEMP_PREFIX
 from custom_networks.errors import InputError
 from custom_networks.pacs.audit import AuditLog
 from custom_networks.pacs.client import PacsError, SeriesRef
-from custom_networks.pacs.connect import DIMSE_SPEC, open_pacs
+from custom_networks.pacs.connect import DIMSE_SPEC, PacsConnection, open_pacs
 from custom_networks.pacs.credentials import Credentials
-from custom_networks.pacs.engine import BatchBook, StopRequest, plan_batch
+from custom_networks.pacs.engine import BatchBook, LocalEngine, StopRequest, plan_batch
 from custom_networks.pacs.ledger import STATE_FAILED, STATE_STORED, STATE_VERIFIED, JobKey, Ledger
 from custom_networks.pacs.processor import OutputOptions, SeriesProcessor, SeriesResult, SeriesTask
+from custom_networks.pacs.ray_engine import RayEngine, start_ray
 from custom_networks.pacs.report import (
     OUTCOME_DONE,
     OUTCOME_FAILED,
@@ -89,6 +98,7 @@ from custom_networks.pacs.routing import RoutingRule, RoutingRules
 from custom_networks.pacs.selection import Selection
 from custom_networks.pacs.spool import (
     SpoolClient,
+    SpoolConnection,
     SpooledSeries,
     read_spooled_series,
     remove_spooled,
@@ -166,12 +176,17 @@ class ListenerOptions:
         credentials: for a DICOMweb ``send_to``.
         output_dir: also (or only) keep the results in this folder, ``<study>/<series>/seg.dcm``.
         write_nifti: with ``output_dir``, keep the NIfTI mask too.
-        workers: series processed at the same time (threads, each with its own model).
+        workers: series processed at the same time (threads, each with its own model in this process or on a Ray
+            actor).
         queue_size: complete series waiting for a worker, at most (default: twice ``workers``).
         work_dir: scratch space and results waiting to be stored (default ``<ledger>.work``).
         report_dir: write the ``pacs-batch`` report (series.csv/json, index.html) there after each series.
         timeout_s: seconds per network step (associations, DIMSE messages, HTTP requests).
         retry: backoff for transient failures of the destination.
+        engine: ``"local"`` (the models in this process) or ``"ray"`` (on Ray actors).
+        address: Ray cluster address (``auto``, ``host:6379``); ``None`` starts a local Ray instance.
+        threads_per_worker: with ``engine="ray"``, CPUs each actor reserves and the threads it runs with
+            (``None``: 1).
     """
 
     ae_title: str
@@ -193,6 +208,9 @@ class ListenerOptions:
     report_dir: Path | None = None
     timeout_s: float = 30.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    engine: str = "local"
+    address: str | None = None
+    threads_per_worker: int | None = None
 
 
 def _check(options: ListenerOptions) -> ListenerOptions:
@@ -208,6 +226,13 @@ def _check(options: ListenerOptions) -> ListenerOptions:
         raise InputError(f"complete_after {options.complete_after}: seconds, more than 0", parameter="complete_after")
     if options.workers < 1:
         raise InputError(f"workers {options.workers}: at least 1", parameter="workers")
+    if options.engine not in ("local", "ray"):
+        raise InputError(f"engine {options.engine}: expected local or ray", parameter="engine")
+    if options.address and options.engine != "ray":
+        raise InputError("address: only for engine ray", parameter="address")
+    if options.threads_per_worker is not None and options.threads_per_worker < 1:
+        raise InputError(f"threads_per_worker {options.threads_per_worker}: at least 1",
+                         parameter="threads_per_worker")
     if options.queue_size is not None and options.queue_size < 1:
         raise InputError(f"queue_size {options.queue_size}: at least 1", parameter="queue_size")
     if options.send_to is None and options.output_dir is None:
@@ -334,49 +359,73 @@ class _SeenSeries:
 
 
 class _Worker:
-    """One worker thread's own objects: destination connection, ledger connections, processors (one per model)."""
+    """One worker thread's own objects: spool client, ledger connections, engines (one per model)."""
 
     def __init__(self, number: int, listener: Listener) -> None:
         options = listener.options
         self.number = number
         self.listener = listener
         destination = None
-        if options.send_to is not None:
+        if options.send_to is not None and options.engine == "local":
+            # on Ray each actor opens its own (SpoolConnection)
             destination = open_pacs(options.send_to, options.credentials, timeout=options.timeout_s,
                                     calling_aet=options.ae_title)
         self.client = SpoolClient(options.spool, destination)
         self.work_dir = listener.work_dir / "tmp" / f"worker-{number}"
         self.seen = _SeenSeries(options.ledger)
         self._ledgers: dict[JobKey, Ledger] = {}
-        self._processors: dict[str, SeriesProcessor] = {}
+        self._engines: dict[str, LocalEngine | RayEngine] = {}
 
     def ledger(self, key: JobKey) -> Ledger:
         if key not in self._ledgers:
             self._ledgers[key] = Ledger(self.listener.options.ledger, key)
         return self._ledgers[key]
 
-    def processor(self, prepared: _PreparedRule) -> SeriesProcessor:
-        """The processor of the rule's model, built (the model loaded) on first use."""
+    def engine(self, prepared: _PreparedRule) -> LocalEngine | RayEngine:
+        """The engine of the rule's model, built (the model loaded, here or on a Ray actor) on first use."""
         request_id = prepared.request_id
-        if request_id not in self._processors:
-            from custom_networks.runtime import Segmenter  # torch and MONAI load here
+        if request_id not in self._engines:
+            build = self._ray_engine if self.listener.options.engine == "ray" else self._local_engine
+            self._engines[request_id] = build(prepared.request)
+        return self._engines[request_id]
 
-            listener = self.listener
-            with listener.build_lock:
-                output = listener.results_dir / f".bundle-output-{os.getpid()}-{self.number}-{len(self._processors)}"
-                segmenter = Segmenter(prepared.request.prepare(), output)
-            self._processors[request_id] = SeriesProcessor(self.client, segmenter, listener.outputs,
-                                                           listener.options.retry)
-        return self._processors[request_id]
+    def _local_engine(self, request: BundleRequest) -> LocalEngine:
+        from custom_networks.runtime import Segmenter  # torch and MONAI load here
+
+        listener = self.listener
+        with listener.build_lock:
+            output = listener.results_dir / f".bundle-output-{os.getpid()}-{self.number}-{len(self._engines)}"
+            segmenter = Segmenter(request.prepare(), output)
+        processor = SeriesProcessor(self.client, segmenter, listener.outputs, listener.options.retry)
+        return LocalEngine(processor, self.work_dir)
+
+    def _ray_engine(self, request: BundleRequest) -> RayEngine:
+        listener = self.listener
+        options = listener.options
+        return RayEngine(listener.spool_connection(), request, listener.outputs, workers=1,
+                         threads_per_worker=options.threads_per_worker, work_dir=self.work_dir)
 
     def close(self) -> None:
-        for processor in self._processors.values():
-            processor.close()
+        for engine in self._engines.values():
+            engine.close()
         self.client.close()
         for ledger in self._ledgers.values():
             ledger.close()
         self.seen.close()
         shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+class _NodeBook(BatchBook):
+    """The batch job's book of one series, also telling the audit log when its results were sent."""
+
+    def __init__(self, ledger: Ledger, report_dir: Path | None, on_stored: Callable[[SeriesTask, dict], None]) -> None:
+        super().__init__(ledger, report_dir)
+        self._on_stored = on_stored
+
+    def stage(self, task: SeriesTask, state: str, fields: dict) -> None:
+        super().stage(task, state, fields)
+        if state == STATE_STORED:
+            self._on_stored(task, fields)
 
 
 class Listener:
@@ -410,6 +459,7 @@ class Listener:
         self._server = None
         self._audit: AuditLog | None = None
         self._listening = False
+        self._owns_ray = False
         self.port = self.options.port
         self.destinations = self._destination_names()
 
@@ -436,6 +486,8 @@ class Listener:
             self._locks.enter_context(_exclusive(Path(options.spool) / ".lock", "spool", str(options.spool)))
             self._clean_leftovers()
             self._prepare_rules()
+            if options.engine == "ray":
+                self._start_ray()
             _SeenSeries(ledger).close()  # the table exists before any worker reads it
             self._audit = AuditLog(options.audit)
             self._resume_spool()
@@ -449,7 +501,7 @@ class Listener:
         self._audit.record(
             "listener_started", ae_title=options.ae_title, host=options.host, port=self.port,
             allowed_aets=list(options.allowed_aets), complete_after_s=options.complete_after,
-            workers=options.workers, rules=[rule.name for rule in options.rules.rules],
+            workers=options.workers, engine=options.engine, rules=[rule.name for rule in options.rules.rules],
             destination=self.destinations, pid=os.getpid(),
         )
         self._listening = True
@@ -474,6 +526,11 @@ class Listener:
                 self._audit.record("listener_stopped", ae_title=self.options.ae_title, abandoned=not wait)
             self._audit.close()
             self._audit = None
+        if self._owns_ray:
+            import ray
+
+            ray.shutdown()
+            self._owns_ray = False
         if wait:
             shutil.rmtree(self.work_dir / "tmp", ignore_errors=True)
             for folder in (self.results_dir, self.work_dir):
@@ -517,6 +574,27 @@ class Listener:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
+
+    def _start_ray(self) -> None:
+        """Join the Ray cluster at ``address``, or start a local instance stopped with the listener; in a process
+        where Ray runs already (a test's instance) that one is used."""
+        import ray
+
+        if ray.is_initialized():
+            return
+        options = self.options
+        bundle_models = len({prepared.request_id for prepared in self._prepared.values()})
+        start_ray(options.address, options.workers * (options.threads_per_worker or 1) * bundle_models)
+        self._owns_ray = True
+
+    def spool_connection(self) -> SpoolConnection:
+        """How a Ray actor opens the spool and the destination (each actor its own connection)."""
+        options = self.options
+        destination = None
+        if options.send_to is not None:
+            destination = PacsConnection(options.send_to, options.credentials, timeout_s=options.timeout_s,
+                                         retry=options.retry, calling_aet=options.ae_title)
+        return SpoolConnection(str(Path(options.spool).resolve()), destination, options.retry)
 
     def _destination_names(self) -> list[str]:
         """How the audit log names where results go (opening the destination checks ``send_to``)."""
@@ -775,39 +853,35 @@ class Listener:
                          seconds=round(time.perf_counter() - started, 3))
             return
         task = plan.tasks[0]
-        book = BatchBook(ledger, self.options.report_dir or self.work_dir / "report")
-        book.start(task)
+        book = _NodeBook(ledger, self.options.report_dir, self._sent)
         worker.client.take(spooled)
         try:
-            result = self._run_processor(worker, prepared, task, book)
+            result = self._run_engine(worker, prepared, task, book)
         finally:
             worker.client.release(series.series_uid)
-        if self.options.report_dir is None:
-            result = dataclasses.replace(result, thumbnail_png=None)
-        book.finish(result)
         outcome = OUTCOME_DONE if result.state == STATE_VERIFIED else OUTCOME_FAILED
         self._record("series_processed", **common, outcome=outcome, failed_stage=result.failed_stage,
                      reason=result.reason, seg_series_uid=result.seg_series_uid, seg_sop_uid=result.seg_sop_uid,
                      seconds=round(time.perf_counter() - started, 3), stages=result.seconds)
         logger.info("series %s: %s %s", series.series_uid, outcome, result.reason)
 
-    def _run_processor(self, worker: _Worker, prepared: _PreparedRule, task: SeriesTask,
-                       book: BatchBook) -> SeriesResult:
-        def on_stage(stage_task: SeriesTask, state: str, fields: dict) -> None:
-            book.stage(stage_task, state, fields)
-            if state == STATE_STORED:
-                self._record("series_sent", study_uid=task.series.study_uid, series_uid=task.series.series_uid,
-                             destination=self.destinations,
-                             seconds=round(fields.get("seconds", {}).get("store", 0.0), 3))
+    def _sent(self, task: SeriesTask, fields: dict) -> None:
+        self._record("series_sent", study_uid=task.series.study_uid, series_uid=task.series.series_uid,
+                     destination=self.destinations, seconds=round(fields.get("seconds", {}).get("store", 0.0), 3))
 
+    def _run_engine(self, worker: _Worker, prepared: _PreparedRule, task: SeriesTask, book: BatchBook) -> SeriesResult:
+        """The series through the rule's engine, recorded in ``book`` (attempt, stages, result); returns the result."""
         try:
-            processor = worker.processor(prepared)
+            engine = worker.engine(prepared)
         except Exception as error:  # noqa: BLE001 - the model cannot be built: this series fails with the reason
             logger.exception("rule %s: the bundle cannot be built", prepared.rule.name)
             reason = f"the bundle of rule '{prepared.rule.name}' cannot be built: {type(error).__name__}: {error}"
-            return SeriesResult(task.series, STATE_FAILED, reason[:500], failed_stage="engine")
-        worker.work_dir.mkdir(parents=True, exist_ok=True)
-        return processor.process(task, worker.work_dir, on_stage=on_stage)
+            book.start(task)
+            book.finish(SeriesResult(task.series, STATE_FAILED, reason[:500], failed_stage="engine"))
+        else:
+            # a stop of the listener lets the series in flight finish: the engine is never asked to stop
+            engine.run([task], book, StopRequest())
+        return book.results[task.series.series_uid]
 
     def _finish(self, folder: Path, series_uid: str, files: list[Path]) -> None:
         """The series reached a final state: remove the instances it was processed from."""

@@ -48,9 +48,10 @@ from custom_networks.pacs.connect import PacsConnection
 from custom_networks.pacs.engine import BatchBook, StopRequest
 from custom_networks.pacs.ledger import STATE_FAILED
 from custom_networks.pacs.processor import OutputOptions, SeriesProcessor, SeriesResult, SeriesTask
+from custom_networks.pacs.spool import SpoolConnection
 from custom_networks.runtime import BundleRequest
 
-__all__ = ["RayEngine", "SeriesActor"]
+__all__ = ["RayEngine", "SeriesActor", "start_ray"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,20 +59,22 @@ logger = logging.getLogger(__name__)
 _POLL_S = 0.5
 # times a series is handed out when the actors processing it die (its process or its node): once more, then failed
 _DEATHS_ALLOWED = 2
+_NOT_INSTALLED = "engine ray: Ray is not installed; pip install 'monai-attention-unets[ray]'"
 
 
 class SeriesActor:
     """One Ray actor's state: its processor (the model, loaded once) and the queue stage events go to.
 
     Args:
-        connection, request, outputs: the job's PACS, bundle and outputs.
+        connection, request, outputs: the job's PACS (or the push listener's spool and destination), bundle and
+            outputs.
         work_dir: scratch folder for retrieved series on the actor's node.
         events: a ``ray.util.queue.Queue`` for ``(series UID, state, fields)`` stage events.
         threads: torch and onnxruntime threads (default: the CPUs Ray assigned this actor).
     """
 
-    def __init__(self, connection: PacsConnection, request: BundleRequest, outputs: OutputOptions, work_dir: str,
-                 events, threads: int | None = None) -> None:
+    def __init__(self, connection: PacsConnection | SpoolConnection, request: BundleRequest, outputs: OutputOptions,
+                 work_dir: str, events, threads: int | None = None) -> None:
         self.threads = _set_threads(threads)
         if request.model in ("onnx", "int8"):
             request = dataclasses.replace(request, overrides={**request.overrides,
@@ -133,6 +136,38 @@ def _last_line(error: BaseException) -> str:
     return lines[-1].strip() if lines else type(error).__name__
 
 
+def start_ray(address: str | None, num_cpus: int, temp_dir: Path | None = None) -> None:
+    """Join the Ray cluster at ``address``, or start a local instance with ``num_cpus`` CPUs (no dashboard; its
+    files in ``temp_dir``, default Ray's). The caller shuts it down (``ray.shutdown()``).
+
+    Raises:
+        InputError: Ray is not installed, or the cluster cannot be started or reached.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise InputError(_NOT_INSTALLED, parameter="engine") from None
+    # ray.init installs a native SIGTERM handler (it aborts the process) over the job's own (finish the series
+    # in flight, then stop): put the job's back afterwards
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if address:
+            ray.init(address=address)
+        else:
+            options = {"_temp_dir": str(temp_dir)} if temp_dir else {}
+            ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        where = f"address={address}" if address else "a local Ray instance"
+        raise InputError(f"engine ray: {where} cannot be started or reached: {_last_line(error)}",
+                         parameter="engine") from None
+    finally:
+        for number, handler in handlers.items():
+            if handler is not None:
+                signal.signal(number, handler)
+
+
 class RayEngine:
     """Series on a pool of Ray actors; the same ``run(tasks, book, stop)`` / ``close()`` as the local engine.
 
@@ -156,7 +191,7 @@ class RayEngine:
 
     def __init__(
         self,
-        connection: PacsConnection,
+        connection: PacsConnection | SpoolConnection,
         request: BundleRequest,
         outputs: OutputOptions,
         *,
@@ -172,7 +207,7 @@ class RayEngine:
             raise InputError(f"workers {workers}: at least 1", parameter="workers")
         if threads_per_worker is not None and threads_per_worker < 1:
             raise InputError(f"threads_per_worker {threads_per_worker}: at least 1", parameter="threads_per_worker")
-        if connection.retrieve == "move" and workers > 1:
+        if isinstance(connection, PacsConnection) and connection.retrieve == "move" and workers > 1:
             raise InputError(
                 "retrieve move with engine ray: every actor would need its own storage SCP registered on the "
                 "PACS; use retrieve=get (C-GET), or workers=1", parameter="retrieve"
@@ -181,12 +216,11 @@ class RayEngine:
             import ray
             from ray.util.queue import Queue
         except ImportError:
-            raise InputError("engine ray: Ray is not installed; pip install 'monai-attention-unets[ray]'",
-                             parameter="engine") from None
+            raise InputError(_NOT_INSTALLED, parameter="engine") from None
         self._ray = ray
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
-            self._init_ray(address, num_cpus or workers * (threads_per_worker or 1), temp_dir)
+            start_ray(address, num_cpus or workers * (threads_per_worker or 1), temp_dir)
         if num_gpus is None:
             num_gpus = 1 if request.device.startswith("cuda") else 0
         self.connection, self.request, self.outputs = connection, request, outputs
@@ -224,28 +258,6 @@ class RayEngine:
         self._live.add(index)
         logger.info("Ray worker %d (pid %d on %s node %s): model loaded at %.6f, %d thread(s)", index + 1,
                     info["pid"], info["node"], info["node_id"][:8], info["model_loaded_at"], info["threads"])
-
-    def _init_ray(self, address: str | None, num_cpus: int, temp_dir: Path | None) -> None:
-        ray = self._ray
-        # ray.init installs a native SIGTERM handler (it aborts the process) over the job's own (finish the series
-        # in flight, then stop): put the job's back afterwards
-        handlers = {}
-        if threading.current_thread() is threading.main_thread():
-            handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            if address:
-                ray.init(address=address)
-            else:
-                options = {"_temp_dir": str(temp_dir)} if temp_dir else {}
-                ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
-        except (ConnectionError, RuntimeError, ValueError) as error:
-            where = f"address={address}" if address else "a local Ray instance"
-            raise InputError(f"engine ray: {where} cannot be started or reached: {_last_line(error)}",
-                             parameter="engine") from None
-        finally:
-            for number, handler in handlers.items():
-                if handler is not None:
-                    signal.signal(number, handler)
 
     def _new_actor(self):
         return self._actor_class.remote(self.connection, self.request, self.outputs, self.work_dir, self._events,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
@@ -22,10 +22,13 @@ from pydicom.uid import UID
 
 from custom_networks.atomic_files import TEMP_PREFIX, atomic_path
 from custom_networks.pacs.client import PacsClient, PacsError, QueryFilters, SeriesRef
+from custom_networks.pacs.connect import PacsConnection
+from custom_networks.pacs.retry import RetryPolicy
 from custom_networks.pacs.routing import SeriesAttributes
 
 __all__ = [
     "SpoolClient",
+    "SpoolConnection",
     "SpooledSeries",
     "read_spooled_series",
     "remove_spooled",
@@ -178,6 +181,10 @@ class SpoolClient:
         files = self._files.get(series.series_uid) or tuple(
             spooled_files(series_folder(self.spool, series.study_uid, series.series_uid)))
         if not files:
+            if not self.spool.is_dir():
+                # a Ray actor on a node that does not mount the listener's spool
+                raise PacsError(f"spool {self.spool}: not found on this node; with engine ray on several nodes the "
+                                "spool must be a shared file system mounted at the same path on every node")
             raise PacsError(f"spool series {series.series_uid}: no instances left in the spool")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -208,3 +215,24 @@ class SpoolClient:
     def close(self) -> None:
         if self.destination is not None:
             self.destination.close()
+
+
+@dataclass(frozen=True)
+class SpoolConnection:
+    """How a process elsewhere (a Ray actor of the listener) opens its :class:`SpoolClient`: plain picklable fields,
+    as :class:`~custom_networks.pacs.connect.PacsConnection` is for a PACS, and used the same way (``open()``,
+    ``retry``).
+
+    Args:
+        spool: the spool folder, an absolute path that the process can read (on another Ray node: a shared file
+            system mounted at the same path).
+        destination: the PACS results go to (``None``: results only go to the output folder).
+        retry: backoff for transient failures of the destination.
+    """
+
+    spool: str
+    destination: PacsConnection | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def open(self) -> SpoolClient:
+        return SpoolClient(Path(self.spool), self.destination.open() if self.destination is not None else None)

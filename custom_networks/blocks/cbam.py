@@ -101,6 +101,9 @@ class CBAM(nn.Module):
         reduction: reduction ratio r of the channel MLP. Defaults to 16.
         spatial_kernel_size: kernel size of the spatial gate conv, 7 or 3. Defaults to 7.
         norm: norm after the spatial gate conv (MONAI form); ``None`` for a conv with bias. Defaults to "batch".
+        residual: ``False`` (the paper): ``y = gated(x)``; ``True``: ``y = x + gated(x)``, so the gates can
+            emphasise features but never shut a block's output (see docs/ablations.md, issue 22).
+        gates: which gates run, in this order: ``("channel", "spatial")`` (the paper), or one of them alone.
 
     Input and output shape: (B, C, *spatial).
     """
@@ -112,10 +115,18 @@ class CBAM(nn.Module):
         reduction: int = 16,
         spatial_kernel_size: int = 7,
         norm: tuple | str | None = "batch",
+        residual: bool = False,
+        gates: tuple[str, ...] = ("channel", "spatial"),
     ) -> None:
         super().__init__()
-        self.channel_gate = ChannelGate(spatial_dims, channels, reduction)
-        self.spatial_gate = SpatialGate(spatial_dims, spatial_kernel_size, norm)
+        unknown = set(gates) - {"channel", "spatial"}
+        if unknown or not gates:
+            raise ValueError(f"gates must name 'channel' and/or 'spatial', got {gates}.")
+        identity = nn.Identity()
+        self.channel_gate = ChannelGate(spatial_dims, channels, reduction) if "channel" in gates else identity
+        self.spatial_gate = SpatialGate(spatial_dims, spatial_kernel_size, norm) if "spatial" in gates else identity
+        self.residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.spatial_gate(self.channel_gate(x))
+        gated = self.spatial_gate(self.channel_gate(x))
+        return x + gated if self.residual else gated

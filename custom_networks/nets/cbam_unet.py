@@ -33,6 +33,13 @@ class CBAMUNet(UNetSkeleton):
         act: activation type and arguments.
         norm: normalization type and arguments, or None (also used by the CBAM spatial gate).
         dropout: dropout ratio in each conv unit; 0 adds no dropout layer.
+        norm_spatial_gate: batch (or the network's) norm on CBAM's one-channel spatial map, as in the CBAM
+            authors' code; False gives a conv with bias there.
+        residual_gates: False (the paper): each block's output is the gated features; True: features plus
+            gated features, so a gate cannot shut a block.
+        gate_last_block: CBAM also after the last decoder block, right before the 1x1 head (the paper: after
+            every block).
+        cbam_gates: CBAM's gates, ``("channel", "spatial")`` (the paper) or one of them alone.
 
     Shapes: ``(B, in_channels, *S) -> (B, out_channels, *S)``.
 
@@ -61,11 +68,25 @@ class CBAMUNet(UNetSkeleton):
         act: str | tuple = ("relu", {"inplace": True}),
         norm: str | tuple | None = "batch",
         dropout: float = 0.0,
+        norm_spatial_gate: bool = True,
+        residual_gates: bool = False,
+        gate_last_block: bool = True,
+        cbam_gates: Sequence[str] = ("channel", "spatial"),
     ) -> None:
+        blocks_made = []
+        n_blocks = 2 * len(features) - 1  # encoder, bottleneck, decoder; the last one made feeds the head
+
         def make_block(c_in: int, c_out: int) -> DoubleConv:
-            return DoubleConv(
-                spatial_dims, c_in, c_out, act=act, norm=norm, dropout=dropout,
-                attention=CBAM(spatial_dims, c_out, reduction, spatial_kernel_size, norm=norm) if use_cbam else None,
+            blocks_made.append(c_out)
+            gated = use_cbam and (gate_last_block or len(blocks_made) < n_blocks)
+            attention = (
+                CBAM(
+                    spatial_dims, c_out, reduction, spatial_kernel_size,
+                    norm=norm if norm_spatial_gate else None, residual=residual_gates, gates=tuple(cbam_gates),
+                )
+                if gated
+                else None
             )
+            return DoubleConv(spatial_dims, c_in, c_out, act=act, norm=norm, dropout=dropout, attention=attention)
 
         super().__init__(spatial_dims, in_channels, out_channels, features, make_block)

@@ -272,6 +272,40 @@ def test_cbam_spatial_kernel(spatial_dims, kernel_size):
 
 
 @pytest.mark.parametrize("spatial_dims", DIMS)
+def test_cbam_residual_adds_the_gated_features_and_single_gates_run_alone(spatial_dims):
+    x = torch.rand(2, 8, *([6] * spatial_dims))
+    torch.manual_seed(0)
+    paper = CBAM(spatial_dims, 8).eval()
+    torch.manual_seed(0)
+    residual = CBAM(spatial_dims, 8, residual=True).eval()
+    with torch.no_grad():
+        gated = paper(x)
+        assert torch.allclose(residual(x), x + gated)
+        assert (gated <= x + 1e-6).all(), "the paper's gates only scale features down"
+    channel_only = CBAM(spatial_dims, 8, gates=("channel",)).eval()
+    assert isinstance(channel_only.spatial_gate, torch.nn.Identity)
+    with torch.no_grad():
+        assert torch.equal(channel_only(x), channel_only.channel_gate(x))
+    with pytest.raises(ValueError, match="gates"):
+        CBAM(spatial_dims, 8, gates=("spatial", "temporal"))
+
+
+@pytest.mark.parametrize("spatial_dims", DIMS)
+def test_cbam_unet_switches_reach_the_blocks(spatial_dims):
+    from custom_networks import CBAMUNet
+
+    net = CBAMUNet(spatial_dims, 1, 2, features=(4, 8, 16), gate_last_block=False, norm_spatial_gate=False)
+    assert not hasattr(net.decoder[-1], "attention"), "no CBAM right before the head"
+    assert all(hasattr(block, "attention") for block in [*net.encoder, net.bottleneck, *net.decoder[:-1]])
+    assert net.encoder[0].attention.spatial_gate.conv.conv.bias is not None
+    default = CBAMUNet(spatial_dims, 1, 2, features=(4, 8, 16))
+    assert hasattr(default.decoder[-1], "attention")
+    assert default.encoder[0].attention.spatial_gate.conv.conv.bias is None
+    x = torch.randn(2, 1, *([8] * spatial_dims))
+    assert net(x).shape == (2, 2, *([8] * spatial_dims))
+
+
+@pytest.mark.parametrize("spatial_dims", DIMS)
 def test_one_channel_gates_take_group_norm_with_one_group(spatial_dims):
     norm = ("group", {"num_groups": 4})
     x = torch.randn(2, 8, *([6] * spatial_dims))

@@ -26,6 +26,20 @@ FEATURES = (8, 16, 32, 64, 128)
 STEPS = 300
 
 
+# measured collapses (docs/ablations.md, issue 22): the paper network stays at Dice ~0 where its baseline learns;
+# strict, so that a remedy makes the run fail until the mark is removed
+COLLAPSING = {
+    "brain_tumor_mri_gsconv_eca_unet": "GSConv-ECA: Dice 0.00 against plain 0.84 on lesion seed 23 (issue 22)",
+    "lgg_mri_cbam_unet": "CBAM: Dice <= 0.04 against plain 0.50-0.67 on lesion seed 5, 500 steps (issue 22)",
+}
+
+
+def _marked(study):
+    reason = COLLAPSING.get(study.bundle)
+    marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+    return pytest.param(study, id=study.bundle, marks=marks)
+
+
 @pytest.fixture(scope="module")
 def lesions():
     return lesion_set(DATA_SEED)
@@ -37,7 +51,7 @@ def _best_dice(bundle: str, switches: dict, data) -> float:
     return train_probe(network, data, steps=STEPS, seed=0).best_dice
 
 
-@pytest.mark.parametrize("study", STUDIES.values(), ids=lambda study: study.bundle)
+@pytest.mark.parametrize("study", [_marked(study) for study in STUDIES.values()])
 def test_paper_network_learns_where_its_baseline_learns(study, lesions):
     baseline = _best_dice(study.bundle, study.variant(BASELINE).network, lesions)
     assert baseline > 0.3, f"the plain baseline of {study.bundle} did not learn ({baseline:.2f}): budget too small"

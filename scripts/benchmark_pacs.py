@@ -211,11 +211,9 @@ def render(results: list[dict], args: argparse.Namespace, command: str, load: di
         "## PACS batch job: series per hour",
         "",
         f"`{command}` on {cpu_description()}, torch {torch.__version__}, {torch.get_num_threads()} torch thread(s) "
-        f"in the driver; Orthanc on 127.0.0.1 over DICOMweb. Brain: {args.series} MR series per size (demo weights, "
-        f"demo.json widths); chest: {args.series} DX radiographs of {args.cxr_size} x {args.cxr_size} (untrained "
-        f"network at features {args.chest_features}). Mean seconds per series and stage; series/h from the whole "
-        f"job's wall time (start, query, every series, report; Ray's start included for the Ray rows). Load average "
-        f"(1 min) {load['before']} before, {load['after']} after (`uptime`). {note}",
+        f"in the driver; Orthanc on 127.0.0.1 over DICOMweb. {_data_note(args)} Mean seconds per series and stage; "
+        "series/h from the whole job's wall time (start, query, every series, report; Ray's start included for the "
+        f"Ray rows). Load average (1 min) {load['before']} before, {load['after']} after (`uptime`). {note}",
         "",
         header,
         "|" + "---|" * (7 + len(STAGES)),
@@ -272,14 +270,27 @@ def render(results: list[dict], args: argparse.Namespace, command: str, load: di
         "steady-state figure of the row that matches the site's series and model, and the utilisation the cores may "
         f"be busy (the last column: {SIZING_SERIES_PER_DAY} series a day at {SIZING_UTILISATION:.0%}); the figures "
         "are per core of this CPU, so a CPU with other vector units (AVX-512, VNNI for int8) needs its own run.",
-        "",
-        "*push* rows: the same series pushed by Orthanc to `attention-unets pacs-listen` (local: one worker thread; "
-        f"ray: `--engine ray --workers {RAY_WORKERS}`), results sent back by STOW-RS; the wall time runs from the "
-        "push to the last confirmed result and includes the completion "
-        "timeout (a series is complete when no instance has come for that long) once per batch, not per series, "
-        "as series complete while earlier ones are processed.",
     ]
+    if any(r["engine"].startswith("push") for r in results):
+        lines += [
+            "",
+            "*push* rows: the same series pushed by Orthanc to `attention-unets pacs-listen` (local: one worker "
+            f"thread; ray: `--engine ray --workers {RAY_WORKERS}`), results sent back by STOW-RS; the wall time runs "
+            "from the push to the last confirmed result and includes the completion timeout (a series is complete "
+            "when no instance has come for that long) once per batch, not per series, as series complete while "
+            "earlier ones are processed.",
+        ]
     return "\n".join(lines)
+
+
+def _data_note(args: argparse.Namespace) -> str:
+    notes = []
+    if BRAIN in args.bundles:
+        notes.append(f"Brain: {args.series} MR series per size (demo weights, demo.json widths).")
+    if CHEST in args.bundles:
+        notes.append(f"Chest: {args.series} DX radiographs of {args.cxr_size} x {args.cxr_size} (untrained network at "
+                     f"features {args.chest_features}).")
+    return " ".join(notes)
 
 
 def cores_needed(r: dict, series_per_day: float = SIZING_SERIES_PER_DAY,
@@ -333,7 +344,11 @@ def main(argv: list[str] | None = None) -> None:
         ray_ok = not args.no_ray
     except ImportError:
         ray_ok = False
-    command = " ".join(["python scripts/benchmark_pacs.py", *(argv if argv is not None else sys.argv[1:])])
+    # the command as the docs show it: without --output (its default is the docs' file)
+    given = list(argv if argv is not None else sys.argv[1:])
+    if "--output" in given:
+        del given[given.index("--output"):given.index("--output") + 2]
+    command = " ".join(["python scripts/benchmark_pacs.py", *given])
     load = {"before": f"{os.getloadavg()[0]:.2f}"}
     note = "" if ray_ok else "Ray is not installed here: no Ray rows."
     results = []

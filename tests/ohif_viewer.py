@@ -1,11 +1,13 @@
-"""The OHIF viewer v3 in headless Chromium, for the viewer test (tests/test_ohif_viewer.py).
+"""The OHIF viewer v3 in headless Chromium, for the viewer tests (tests/test_ohif_viewer.py and
+tests/test_monailabel_viewer.py).
 
 ``OhifServer`` serves npm's built ``@ohif/app`` (``scripts/setup_ohif.sh`` puts it in a cache outside the
 repository) on 127.0.0.1 with an ``app-config.js`` of its own: one DICOMweb data source at ``/dicom-web`` on the same
 origin, which the server proxies to the PACS with the Basic auth header added and the browser's Host header kept
 (Orthanc builds its BulkDataURIs from it, so they point back at the proxy). ``start_chromium`` starts Debian's
 ``chromium`` through Debian's ``chromedriver`` with Selenium: software WebGL2 (SwiftShader), a fresh profile, nothing
-downloaded.
+downloaded. ``OhifPage`` drives a viewer page as a user does, ``MonaiLabelPanel`` the MONAI Label panel of the OHIF
+that MONAI Label serves at ``/ohif/``, and ``tinted``/``screen_mask`` say where a segment is drawn in a screenshot.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import base64
 import http.client
 import importlib.util
+import io
 import json
 import os
 import threading
@@ -20,16 +23,24 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import numpy as np
+from PIL import Image
+
 __all__ = [
     "CHROMEDRIVER",
     "CHROMIUM",
     "CHROMIUM_FLAGS",
     "OHIF_DIST",
     "OHIF_VERSION",
+    "MonaiLabelPanel",
     "OhifPage",
     "OhifServer",
     "browser_available",
+    "instance_uid",
+    "pixels_of",
+    "screen_mask",
     "start_chromium",
+    "tinted",
 ]
 
 # 3.12.10 renders in headless Chromium here; 3.13.2 draws the MR as a black/white mask (shared/specs notes)
@@ -40,9 +51,11 @@ OHIF_DIST = OHIF_DIR / "dist"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 # WebGL2 on SwiftShader (--use-gl=swiftshader gives no WebGL; OHIF's CPU rendering crashes when a SEG loads);
-# --no-sandbox because CI runs as root; nothing phones home
+# --no-sandbox because CI runs as root; nothing phones home, and a page asking for an outside name (the OHIF of the
+# monailabel wheel asks Google for a font) gets "not found" with or without a network: the tests reach 127.0.0.1 only
 CHROMIUM_FLAGS = (
     "--headless=new",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
     "--no-sandbox",
     "--disable-gpu",
     "--enable-unsafe-swiftshader",
@@ -252,7 +265,8 @@ def start_chromium(user_data_dir: Path, window_size: tuple[int, int] = (1400, 10
 
 # --- the OHIF page, driven like a user: what the viewer test does in it -------------------------------------------
 
-# the active viewport's geometry: its current image, and where the centres of that image's pixels (0, 0), (1, 0)
+# the active viewport's geometry: its current image (and its place in the viewport's image ids: a volume viewport's
+# own slice index may count the other way), and where the centres of that image's pixels (0, 0), (1, 0)
 # (next column) and (0, 1) (next row) land on the page, in CSS pixels
 _JS_VIEWPORT = """
 const services = window.services;
@@ -267,7 +281,7 @@ const world = (c, r) => [0, 1, 2].map(k => plane.imagePositionPatient[k]
     + c * plane.columnPixelSpacing * plane.rowCosines[k] + r * plane.rowPixelSpacing * plane.columnCosines[k]);
 const rect = viewport.canvas.getBoundingClientRect();
 const shift = p => [p[0] + rect.left, p[1] + rect.top];
-return {viewportId, imageId, index: viewport.getCurrentImageIdIndex(), imageIds: viewport.getImageIds(),
+return {viewportId, imageId, index: viewport.getImageIds().indexOf(imageId), imageIds: viewport.getImageIds(),
         rows: plane.rows, columns: plane.columns,
         origin: shift(viewport.worldToCanvas(world(0, 0))), column: shift(viewport.worldToCanvas(world(1, 0))),
         row: shift(viewport.worldToCanvas(world(0, 1))),
@@ -411,20 +425,25 @@ class OhifPage:
         return self.wait(shown, f'segment label "{label}" in the segmentation panel')
 
     def scroll_to(self, index: int) -> dict:
-        """Mouse-wheel over the viewport, one slice a notch, until image ``index`` of the stack shows."""
+        """Mouse-wheel over the (first) viewport, one slice a notch, until image ``index`` of its image ids shows.
+        A notch that moved away from it turns the wheel round: a volume viewport (MPR) may look along the stack
+        the other way."""
         from selenium.webdriver.common.action_chains import ActionChains
         from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
         from selenium.webdriver.common.by import By
 
         pane = self.driver.find_element(By.CSS_SELECTOR, "[data-cy=viewport-pane]")
+        wheel = 100
         for _ in range(4 * len(self.wait_for_image()["imageIds"])):
             current = self.wait_for_image()["index"]
             if current == index:
                 return self.wait_for_image()
             ActionChains(self.driver).scroll_from_origin(ScrollOrigin.from_element(pane), 0,
-                                                         100 if index > current else -100).perform()
-            self.wait(lambda _, current=current: self.wait_for_image()["index"] != current,
-                      f"the viewport to leave image {current}", timeout=20)
+                                                         wheel if index > current else -wheel).perform()
+            moved = self.wait(lambda _, current=current: (i := self.wait_for_image()["index"]) != current and [i],
+                              f"the viewport to leave image {current}", timeout=20)[0]
+            if abs(index - moved) > abs(index - current):
+                wheel = -wheel
         raise AssertionError(f"could not scroll the viewport to image {index}")
 
     def stable_screenshot(self, settle_s: float = 0.5) -> tuple[bytes, dict]:
@@ -446,3 +465,107 @@ class OhifPage:
             return None
 
         return self.wait(settled, "the viewport to stop changing")
+
+
+# --- the MONAI Label panel of the OHIF that MONAI Label serves (/ohif/monai-label) --------------------------------
+
+# voxels of labelmap segmentation '1', the one the panel creates on connecting and fills with each result
+_JS_LABELMAP_VOXELS = """
+const volume = window.services.segmentationService.getLabelmapVolume('1');
+if (!volume) { return null; }
+return volume.voxelManager.getCompleteScalarDataArray().reduce((n, v) => n + (v !== 0 ? 1 : 0), 0);
+"""
+
+
+class MonaiLabelPanel:
+    """The MONAI Label panel (right side of the ``monai-label`` mode) in an ``OhifPage``, used as a person does:
+    type the server's address, connect, pick a model in "Auto-Segmentation" and press "Run"."""
+
+    def __init__(self, page: OhifPage) -> None:
+        self.page = page
+        self.driver = page.driver
+
+    def connect(self, server_url: str) -> None:
+        """Type ``server_url`` into "Server:", press the connect button beside it and wait until the panel lists
+        its actions (it asks ``/info/`` and creates the empty labelmap segmentation '1')."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.common.keys import Keys
+
+        field = self.page.wait(lambda d: d.find_element(By.ID, "monailabelServerURL"), 'the panel\'s "Server:" field')
+        field.click()
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys(server_url)
+        # the field re-renders when it loses focus: find the button afresh
+        self.driver.find_element(By.XPATH, "//input[@id='monailabelServerURL']/ancestor::tr[1]//button").click()
+        self.page.wait(lambda _: self._visible("//label[normalize-space(.)='Auto-Segmentation']"),
+                       "the panel's Auto-Segmentation tab after connecting")
+        self.page.wait(lambda _: self.labelmap_voxels() is not None, "the panel's labelmap segmentation")
+
+    def run_auto_segmentation(self, model: str) -> None:
+        """Open "Auto-Segmentation", choose ``model`` and press "Run"; wait for the panel's notice that it
+        succeeded (an ``AssertionError`` with its text when it says it failed)."""
+        from selenium.webdriver.support.ui import Select
+
+        self._visible("//label[normalize-space(.)='Auto-Segmentation']").click()
+        tab = "//label[normalize-space(.)='Auto-Segmentation']/following-sibling::div[1]"
+        Select(self.page.wait(lambda _: self._visible(f"{tab}//select"), "the model list")).select_by_value(model)
+        self.page.wait(lambda _: self._visible(f"{tab}//button[@title='Run Segmentation']"), '"Run"').click()
+        outcome = self.page.wait(
+            lambda _: self._visible("//*[contains(text(), 'Running Segmentation - Successful')]")
+            or self._visible("//*[contains(text(), 'Failed to Run Segmentation')]"),
+            "the panel's notice that the segmentation ran", timeout=180)
+        if "Failed" in outcome.text:
+            raise AssertionError(f"the MONAI Label panel says: {outcome.text}")
+
+    def labelmap_voxels(self) -> int | None:
+        """Nonzero voxels of the panel's labelmap (``None`` before connecting)."""
+        return self.driver.execute_script(_JS_LABELMAP_VOXELS)
+
+    def _visible(self, xpath: str):
+        from selenium.webdriver.common.by import By
+
+        return next((e for e in self.driver.find_elements(By.XPATH, xpath) if e.is_displayed()), None)
+
+
+# --- where a segment is drawn in a screenshot ------------------------------------------------------------------------
+
+# a screen pixel counts as drawn in a segment's colour when its colour minus its grey level points the way the
+# segment colour's does (OHIF blends the fill at about half opacity over the image) with at least this share of it
+_TINT_MIN = 0.25
+
+
+def pixels_of(png: bytes) -> np.ndarray:
+    """A PNG screenshot as float RGB ``[row, column, 3]``."""
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(float)
+
+
+def tinted(pixels: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """Screen pixels drawn in ``colour`` blended over grey: their chroma (RGB minus its mean) lies along the
+    colour's, with at least ``_TINT_MIN`` of its strength and little off that direction."""
+    chroma = pixels - pixels.mean(axis=-1, keepdims=True)
+    reference = colour - colour.mean()
+    strength = np.linalg.norm(reference)
+    along = chroma @ (reference / strength)
+    across = np.linalg.norm(chroma - along[..., None] * (reference / strength), axis=-1)
+    return (along >= _TINT_MIN * strength) & (across <= 0.15 * strength)
+
+
+def screen_mask(geometry: dict, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[slice, slice]]:
+    """Where ``mask`` (``[row, column]`` of the image shown) lands on the canvas: per screen pixel of the canvas
+    whether its nearest image pixel is in the mask, whether it is on the image at all, and the canvas's slices of
+    the page screenshot. ``geometry`` is ``OhifPage.viewport()``'s."""
+    assert geometry["ratio"] == 1, "the screenshot is assumed at one device pixel per CSS pixel"
+    left, top, width, height = (int(round(v)) for v in geometry["canvas"])
+    origin = np.array(geometry["origin"], float)
+    to_page = np.stack([np.array(geometry["column"], float) - origin, np.array(geometry["row"], float) - origin], 1)
+    ys, xs = np.mgrid[top:top + height, left:left + width]
+    offsets = np.stack([xs + 0.5 - origin[0], ys + 0.5 - origin[1]]).reshape(2, -1)
+    column, row = np.rint(np.linalg.solve(to_page, offsets)).astype(int).reshape(2, height, width)
+    on_image = (column >= 0) & (column < mask.shape[1]) & (row >= 0) & (row < mask.shape[0])
+    expected = mask[row.clip(0, mask.shape[0] - 1), column.clip(0, mask.shape[1] - 1)] & on_image
+    return expected, on_image, (slice(top, top + height), slice(left, left + width))
+
+
+def instance_uid(image_id: str) -> str:
+    """SOP instance UID in an OHIF WADO-RS image id (``wadors:.../instances/<uid>/frames/1``)."""
+    return image_id.split("/instances/")[1].split("/")[0]

@@ -14,7 +14,6 @@ has no error. WebGL2 runs on SwiftShader (software).
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import time
@@ -25,13 +24,12 @@ import numpy as np
 import pydicom
 import pytest
 import requests
-from PIL import Image
 from scipy import ndimage
 
 from custom_networks.cli import main
 from custom_networks.data.sample_study import write_sample_study
 
-from ohif_viewer import OhifPage, OhifServer, start_chromium
+from ohif_viewer import OhifPage, OhifServer, instance_uid, pixels_of, screen_mask, start_chromium, tinted
 from orthanc_server import OrthancServer
 
 pytestmark = pytest.mark.browser
@@ -39,9 +37,6 @@ pytestmark = pytest.mark.browser
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = "brain_tumor_mri_gsconv_eca_unet"
 DOCS_SCREENSHOT = REPO / "docs" / "images" / "ohif_seg.png"
-# a screen pixel counts as drawn in the segment colour when its colour minus its grey level points the way the
-# segment colour's does (OHIF blends the fill at about half opacity over the MR) with at least this share of it
-_TINT_MIN = 0.25
 # the segment's outline is drawn opaque: these pixels carry the colour itself, to this many levels per channel
 _EXACT_TOLERANCE = 8
 # screen pixels left at a mask boundary either way (the image is magnified several times, nearest-neighbour)
@@ -71,44 +66,8 @@ def segment_colour(seg: hd.seg.Segmentation, number: int = 1) -> np.ndarray:
     return np.array(hd.color.CIELabColor.from_dicom_value(item.RecommendedDisplayCIELabValue).to_rgb(), float)
 
 
-def tinted(pixels: np.ndarray, colour: np.ndarray) -> np.ndarray:
-    """Screen pixels drawn in ``colour`` blended over grey: their chroma (RGB minus its mean) lies along the
-    colour's, with at least ``_TINT_MIN`` of its strength and little off that direction."""
-    chroma = pixels - pixels.mean(axis=-1, keepdims=True)
-    reference = colour - colour.mean()
-    strength = np.linalg.norm(reference)
-    along = chroma @ (reference / strength)
-    across = np.linalg.norm(chroma - along[..., None] * (reference / strength), axis=-1)
-    return (along >= _TINT_MIN * strength) & (across <= 0.15 * strength)
-
-
 def exact(pixels: np.ndarray, colour: np.ndarray) -> np.ndarray:
     return np.abs(pixels - colour).max(axis=-1) <= _EXACT_TOLERANCE
-
-
-def screen_mask(geometry: dict, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[slice, slice]]:
-    """Where ``mask`` (``[row, column]`` of the image shown) lands on the canvas: per screen pixel of the canvas
-    whether its nearest image pixel is in the mask, whether it is on the image at all, and the canvas's slices of
-    the page screenshot."""
-    assert geometry["ratio"] == 1, "the screenshot is assumed at one device pixel per CSS pixel"
-    left, top, width, height = (int(round(v)) for v in geometry["canvas"])
-    origin = np.array(geometry["origin"], float)
-    to_page = np.stack([np.array(geometry["column"], float) - origin, np.array(geometry["row"], float) - origin], 1)
-    ys, xs = np.mgrid[top:top + height, left:left + width]
-    offsets = np.stack([xs + 0.5 - origin[0], ys + 0.5 - origin[1]]).reshape(2, -1)
-    column, row = np.rint(np.linalg.solve(to_page, offsets)).astype(int).reshape(2, height, width)
-    on_image = (column >= 0) & (column < mask.shape[1]) & (row >= 0) & (row < mask.shape[0])
-    expected = mask[row.clip(0, mask.shape[0] - 1), column.clip(0, mask.shape[1] - 1)] & on_image
-    return expected, on_image, (slice(top, top + height), slice(left, left + width))
-
-
-def pixels_of(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(float)
-
-
-def instance_uid(image_id: str) -> str:
-    """SOP instance UID in an OHIF WADO-RS image id (``wadors:.../instances/<uid>/frames/1``)."""
-    return image_id.split("/instances/")[1].split("/")[0]
 
 
 @pytest.fixture

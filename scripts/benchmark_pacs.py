@@ -155,7 +155,7 @@ def summarise(done: list[dict], wall: float, query_s: float, *, at_once: int, th
     steady = at_once * 3600 / float(np.mean(busy))
     return {**row, "series": len(done), "wall_s": wall, "series_per_hour": len(done) / wall * 3600,
             "query_s": query_s, "stages": stages, "per_series_ratio": sum(busy) / network_total,
-            "job_ratio": wall / network_total, "at_once": at_once, "threads": threads,
+            "job_ratio": wall * at_once / network_total, "at_once": at_once, "threads": threads,
             "per_core_per_hour": len(done) / wall * 3600 / CORES, "steady_per_core_per_hour": steady / CORES,
             "startup_s": max(wall - query_s - sum(busy) / at_once, 0.0),
             "network_core_s": stages["network"] * threads}
@@ -208,7 +208,7 @@ def render(results: list[dict], args: argparse.Namespace, command: str, load: di
     header = ("| series | model | engine | series/h | query | " + " | ".join(STAGES)
               + " | per series / network | job / network |")
     lines = [
-        "## PACS batch job: series per hour",
+        f"## PACS batch job: series per hour ({args.series} series per size; {', '.join(_sizes(results))})",
         "",
         f"`{command}` on {cpu_description()}, torch {torch.__version__}, {torch.get_num_threads()} torch thread(s) "
         f"in the driver; Orthanc on 127.0.0.1 over DICOMweb. {_data_note(args)} Mean seconds per series and stage; "
@@ -255,8 +255,9 @@ def render(results: list[dict], args: argparse.Namespace, command: str, load: di
         "The target is end-to-end at most 1.15x the network time alone. *per series / network* is the sum of a "
         "series' stages (retrieve, decode, network, SEG encoding, other writers, store, verify) over its network "
         "time: what the job adds per series. *job / network* is the whole job's wall time over the summed network "
-        "time: it also carries what is done once (imports, building the workflow and loading the model, starting "
-        "Ray and its actors, the query, the report), so it falls towards the per-series ratio as batches grow. "
+        "time per worker (series run at once): it also carries what is done once (imports, building the workflow "
+        "and loading the model, starting Ray and its actors, the query, the report), so it falls towards the "
+        "per-series ratio as batches grow. "
         f"With {RAY_WORKERS} Ray workers each actor has one of the machine's {CORES} cores and {RAY_THREADS} torch "
         f"thread (`--threads-per-worker`); the local engine is one process with {CORES} torch threads.",
         "",
@@ -281,6 +282,10 @@ def render(results: list[dict], args: argparse.Namespace, command: str, load: di
             "earlier ones are processed.",
         ]
     return "\n".join(lines)
+
+
+def _sizes(results: list[dict]) -> list[str]:
+    return list(dict.fromkeys(f"{_label(r)} {r['model']}" for r in results))
 
 
 def _data_note(args: argparse.Namespace) -> str:

@@ -16,9 +16,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import requests
-from test_monailabel import BRAIN, BRAIN_DEMO_OVERRIDES, BRAIN_DEMO_WEIGHTS, CHEST, MonaiLabelServer, sha256
 
 from conftest import BUNDLES_DIR
+from monailabel_server import BRAIN, BRAIN_DEMO_OVERRIDES, BRAIN_DEMO_WEIGHTS, CHEST, MonaiLabelServer, sha256
 
 pytestmark = pytest.mark.monailabel
 

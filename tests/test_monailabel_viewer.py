@@ -29,11 +29,11 @@ import pytest
 import requests
 from PIL import Image
 from scipy import ndimage
-from test_monailabel import BRAIN, BRAIN_DEMO_OVERRIDES, BRAIN_DEMO_WEIGHTS, MonaiLabelServer
 
 from custom_networks.clinical.dicom_series import LPS_TO_RAS
 from custom_networks.data.sample_study import write_sample_study
 
+from monailabel_server import BRAIN, BRAIN_DEMO_OVERRIDES, BRAIN_DEMO_WEIGHTS, MonaiLabelServer
 from ohif_viewer import MonaiLabelPanel, OhifPage, instance_uid, pixels_of, screen_mask, start_chromium, tinted
 
 pytestmark = [pytest.mark.monailabel, pytest.mark.browser]

@@ -122,6 +122,10 @@ class Cluster:
     def start(self) -> None:
         self._start("head", ["--head", f"--port={self.port}", "--include-dashboard=false",
                              f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}"])
+        self.start_second()
+
+    def start_second(self) -> None:
+        """(Re)start the second node and wait until both nodes are alive (a test before may have killed it)."""
         self._start("second", [f"--address={self.address}"])
         ray.init(address=self.address, logging_level=logging.WARNING)
         try:
@@ -283,6 +287,8 @@ def test_a_killed_node_has_its_series_finished_on_the_head(orthanc, cluster, tmp
 
 def test_push_listener_on_ray_stores_the_local_engines_results_from_actors_on_both_nodes(orthanc, cluster, tmp_path,
                                                                                           caplog):
+    if "second" not in cluster.processes:  # the node-kill test ran first
+        cluster.start_second()
     studies = [listener_study(f"ray push {number}") for number in range(2)]
     sources = {}
     for number, pushed in enumerate(studies):

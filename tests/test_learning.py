@@ -24,6 +24,9 @@ pytestmark = pytest.mark.learning
 DATA_SEED = 23
 FEATURES = (8, 16, 32, 64, 128)
 STEPS = 300
+# UNeXt-S (SC-UNeXt's baseline) is light per step and slow per step count: at 300 steps its plain form reached
+# Dice 0.08 on this set, so it gets more steps (the same for both sides)
+STEPS_FOR = {"isic2018_skin_sc_unext": 1500}
 
 
 # measured collapses (docs/ablations.md, issue 22): the paper network stays at Dice ~0 where its baseline learns;
@@ -31,6 +34,7 @@ STEPS = 300
 COLLAPSING = {
     "brain_tumor_mri_gsconv_eca_unet": "GSConv-ECA: Dice 0.00 against plain 0.84 on lesion seed 23 (issue 22)",
     "lgg_mri_cbam_unet": "CBAM: Dice <= 0.04 against plain 0.50-0.67 on lesion seed 5, 500 steps (issue 22)",
+    "chest_xray_lung_ag_min_aspp_unet": "AG + Min-ASPP + GSConv: Dice 0.02 against plain 0.84 on lesion seed 23",
 }
 
 
@@ -48,7 +52,7 @@ def lesions():
 def _best_dice(bundle: str, switches: dict, data) -> float:
     torch.manual_seed(0)
     network = bundle_network(bundle, switches, features=FEATURES)
-    return train_probe(network, data, steps=STEPS, seed=0).best_dice
+    return train_probe(network, data, steps=STEPS_FOR.get(bundle, STEPS), seed=0).best_dice
 
 
 @pytest.mark.parametrize("study", [_marked(study) for study in STUDIES.values()])

@@ -89,6 +89,27 @@ def kept(root: Path, study_uid: str, series_uid: str) -> tuple[pydicom.Dataset, 
     return pydicom.dcmread(folder / "seg.dcm"), np.asarray(nib.load(folder / "mask.nii.gz").dataobj)
 
 
+def assert_ray_gave_the_local_engines_segs(root: Path, chosen: dict[str, str], pacs) -> None:
+    """Every chosen series done by both jobs (``root/local``, ``root/ray``), with the deterministic SEG UIDs, equal
+    masks and SEG pixels, and the Ray job's SEG in ``pacs``."""
+    info = prepare_bundle(BUNDLE, demo=True, device="cpu")
+    local_rows, ray_rows = report_rows(root / "local"), report_rows(root / "ray")
+    for name, uid in chosen.items():
+        local_row, ray_row = local_rows[uid], ray_rows[uid]
+        assert (local_row["outcome"], ray_row["outcome"]) == ("done", "done"), (local_row, ray_row)
+        expected = deterministic_seg_uids(uid, info.name, info.version, info.weights_sha256, 1)
+        for row in (local_row, ray_row):
+            assert (row["seg_series_uid"], row["seg_sop_uid"]) == (expected.series_uid, expected.sop_uid)
+        local_seg, local_mask = kept(root / "local", local_row["study_uid"], uid)
+        ray_seg, ray_mask = kept(root / "ray", ray_row["study_uid"], uid)
+        assert (ray_seg.SeriesInstanceUID, ray_seg.SOPInstanceUID) == (expected.series_uid, expected.sop_uid)
+        assert (local_seg.SeriesInstanceUID, local_seg.SOPInstanceUID) == (expected.series_uid, expected.sop_uid)
+        assert local_mask.any(), name
+        np.testing.assert_array_equal(ray_mask, local_mask)
+        np.testing.assert_array_equal(ray_seg.pixel_array, local_seg.pixel_array)
+        assert pacs.has_instance(ray_row["study_uid"], expected.series_uid, expected.sop_uid)
+
+
 def worker_lines(text: str) -> list[tuple[int, int, int, float]]:
     """(worker, pid, series, when its model was loaded) of each worker's closing log line."""
     return [(int(match[1]), int(match[2]), int(match[3]), float(match[4])) for match in WORKER_LINE.finditer(text)]
@@ -117,24 +138,9 @@ def test_ray_engine_gives_the_local_engines_segs_and_loads_the_model_once_per_ac
     # the model each actor loaded at start is the one it closed with: loaded once, not per series
     assert {pid: loaded_at for _, pid, _, loaded_at in workers} == load_times(caplog.text)
 
-    info = prepare_bundle(BUNDLE, demo=True, device="cpu")
-    local_rows, ray_rows = report_rows(tmp_path / "local"), report_rows(tmp_path / "ray")
-    assert ray_rows[uids["a_short"]]["outcome"] == "skipped"
+    assert report_rows(tmp_path / "ray")[uids["a_short"]]["outcome"] == "skipped"
     pacs = DimseClient(orthanc.aet, "127.0.0.1", orthanc.dicom_port, calling_aet=orthanc.client_aet)
-    for name, uid in chosen.items():
-        local_row, ray_row = local_rows[uid], ray_rows[uid]
-        assert (local_row["outcome"], ray_row["outcome"]) == ("done", "done"), (local_row, ray_row)
-        expected = deterministic_seg_uids(uid, info.name, info.version, info.weights_sha256, 1)
-        for row in (local_row, ray_row):
-            assert (row["seg_series_uid"], row["seg_sop_uid"]) == (expected.series_uid, expected.sop_uid)
-        local_seg, local_mask = kept(tmp_path / "local", local_row["study_uid"], uid)
-        ray_seg, ray_mask = kept(tmp_path / "ray", ray_row["study_uid"], uid)
-        assert (ray_seg.SeriesInstanceUID, ray_seg.SOPInstanceUID) == (expected.series_uid, expected.sop_uid)
-        assert (local_seg.SeriesInstanceUID, local_seg.SOPInstanceUID) == (expected.series_uid, expected.sop_uid)
-        assert local_mask.any(), name
-        np.testing.assert_array_equal(ray_mask, local_mask)
-        np.testing.assert_array_equal(ray_seg.pixel_array, local_seg.pixel_array)
-        assert pacs.has_instance(ray_row["study_uid"], expected.series_uid, expected.sop_uid)
+    assert_ray_gave_the_local_engines_segs(tmp_path, chosen, pacs)
     # one SEG and one SR per chosen series went into the PACS
     assert orthanc.instance_count() == before + RESULTS_PER_SERIES * len(chosen)
 

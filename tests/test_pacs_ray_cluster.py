@@ -34,15 +34,19 @@ import ray
 from test_pacs_listener import COMPLETE_AFTER, PROCESSING_S, download, listener_options, mr_series, results_in_study
 from test_pacs_listener import series_uid as first_series_uid
 from test_pacs_listener import study as listener_study
-from test_pacs_ray import BUNDLE, RESULTS_PER_SERIES, job, kept, report_rows, upload_studies
+from test_pacs_ray import (
+    RESULTS_PER_SERIES,
+    assert_ray_gave_the_local_engines_segs,
+    job,
+    report_rows,
+    upload_studies,
+)
 
-from custom_networks.clinical.seg_writer import deterministic_seg_uids
 from custom_networks.pacs.connect import PacsConnection
 from custom_networks.pacs.credentials import Credentials
 from custom_networks.pacs.dicomweb import DicomWebClient
 from custom_networks.pacs.job import EXIT_OK, run_job
 from custom_networks.pacs.listener import Listener
-from custom_networks.runtime import prepare_bundle
 
 from conftest import CLIENT_AET
 from orthanc_server import free_port
@@ -210,22 +214,8 @@ def test_actors_on_both_nodes_give_the_local_engines_segs(orthanc, cluster, tmp_
     assert {state for state, _ in ran_on.values()} == {"verified"}
     assert {node for _, node in ran_on.values()} <= set(started.values())
 
-    info = prepare_bundle(BUNDLE, demo=True, device="cpu")
-    local_rows, ray_rows = report_rows(tmp_path / "local"), report_rows(tmp_path / "ray")
     pacs = DicomWebClient(orthanc.dicomweb_url, credentials=Credentials(orthanc.username, orthanc.password))
-    for name, uid in chosen.items():
-        local_row, ray_row = local_rows[uid], ray_rows[uid]
-        assert (local_row["outcome"], ray_row["outcome"]) == ("done", "done"), (local_row, ray_row)
-        expected = deterministic_seg_uids(uid, info.name, info.version, info.weights_sha256, 1)
-        for row in (local_row, ray_row):
-            assert (row["seg_series_uid"], row["seg_sop_uid"]) == (expected.series_uid, expected.sop_uid)
-        local_seg, local_mask = kept(tmp_path / "local", local_row["study_uid"], uid)
-        ray_seg, ray_mask = kept(tmp_path / "ray", ray_row["study_uid"], uid)
-        assert (ray_seg.SeriesInstanceUID, ray_seg.SOPInstanceUID) == (expected.series_uid, expected.sop_uid)
-        assert local_mask.any(), name
-        np.testing.assert_array_equal(ray_mask, local_mask)
-        np.testing.assert_array_equal(ray_seg.pixel_array, local_seg.pixel_array)
-        assert pacs.has_instance(ray_row["study_uid"], expected.series_uid, expected.sop_uid)
+    assert_ray_gave_the_local_engines_segs(tmp_path, chosen, pacs)
     assert orthanc.instance_count() == before + RESULTS_PER_SERIES * len(chosen)
 
 

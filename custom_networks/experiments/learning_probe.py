@@ -10,9 +10,10 @@ plus for attention gates the gate's mean and the share of pixels it nearly close
 Examples::
 
     >>> data = lesion_set(seed=5, n_train_patients=7, n_val_patients=3)
-    >>> plain = bundle_network("lgg_mri_cbam_unet", {"use_cbam": False}, features=(16, 32, 64, 128, 256))
-    >>> result = train_probe(plain, data, steps=300, seed=0)
-    >>> result.best_dice, result.curve[-1]
+    >>> plain = bundle_network("lgg_mri_cbam_unet", {"use_cbam": False}, features=(8, 16, 32, 64, 128))
+    >>> cbam = bundle_network("lgg_mri_cbam_unet", {}, features=(8, 16, 32, 64, 128))
+    >>> share_initial_weights(cbam, plain)  # the same start for every layer the two share
+    >>> train_probe(plain, data, steps=300, seed=0).best_dice, train_probe(cbam, data, steps=300, seed=0).best_dice
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ from monai.losses import DiceCELoss
 from custom_networks.data.lesion_slices import lesion_patient
 from custom_networks.runtime.locate import bundle_folder
 
-__all__ = ["LesionSet", "ProbeResult", "bundle_network", "lesion_set", "train_probe", "validation_dice"]
+__all__ = [
+    "LesionSet", "ProbeResult", "bundle_network", "lesion_set", "share_initial_weights", "train_probe",
+    "ValidationScores", "validation_scores",
+]
 
 
 @dataclass
@@ -48,7 +52,8 @@ class ProbeResult:
     """What one probe run measured.
 
     Attributes:
-        curve: ``(step, validation Dice on lesion slices, predicted foreground share / true share)`` rows.
+        curve: ``(step, dice, share, lesion_probability, background_probability, rim_probability)`` rows of
+            :class:`ValidationScores` on the validation slices.
         block_stats: ``{step: {block: {"out_std": ..., "grad_norm": ..., "gate_mean": ..., "gate_closed": ...}}}``.
         best_dice: the highest validation Dice on the curve.
         seconds: training wall time.
@@ -107,19 +112,66 @@ def bundle_network(bundle: str, switches: dict | None = None, features=None, **n
     return parser.get_parsed_content("network_def", instantiate=True)
 
 
-def validation_dice(network: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor) -> tuple[float, float]:
-    """Mean Dice over the slices that have a lesion, and predicted / true foreground share over all slices."""
+def share_initial_weights(network: torch.nn.Module, donor: torch.nn.Module) -> int:
+    """Give ``network`` the donor's initial values for every tensor both have (same name and shape); returns the count.
+
+    A paper network and its plain baseline built from one seed still start from different weights, because the
+    attention modules draw from the random stream before the shared layers do; the head alone can then start the
+    two on opposite sides of the all-foreground / all-background split (docs/ablations.md, issue 22). Sharing the
+    baseline's initial weights leaves the switches as the only difference between the two runs.
+    """
+    own = network.state_dict()
+    shared = {
+        name: value for name, value in donor.state_dict().items() if name in own and own[name].shape == value.shape
+    }
+    network.load_state_dict(shared, strict=False)
+    return len(shared)
+
+
+RIM_PIXELS = 3  # at 128 px the halo reaches 0.7 lesion radii (2.5-8 px) beyond the core
+
+
+@dataclass
+class ValidationScores:
+    """What the network predicts on the validation slices.
+
+    Attributes:
+        dice: mean Dice of the argmax mask over the slices that have a lesion.
+        share: predicted / true foreground share over all slices (1 is right; ~300 is "foreground everywhere").
+        lesion_probability: mean softmax foreground probability on lesion pixels.
+        background_probability: the same on every other pixel. A network whose lesion probability stays above
+            the background's but below 0.5 is learning slowly; one whose two probabilities stay equal is not.
+        rim_probability: the same on the pixels within ``RIM_PIXELS`` of a lesion (where the generator puts the
+            unlabelled oedema-like halo); close to the lesion probability: the network has found the lesion
+            with its halo but does not yet tell the two apart.
+    """
+
+    dice: float
+    share: float
+    lesion_probability: float
+    background_probability: float
+    rim_probability: float
+
+
+def validation_scores(network: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor) -> ValidationScores:
+    """Score ``network`` (in eval mode, then back to train mode) on ``images`` against ``masks``."""
     network.eval()
     with torch.no_grad():
-        predicted = torch.cat([network(images[i : i + 16]).argmax(1, keepdim=True) for i in range(0, len(images), 16)])
+        probability = torch.cat([network(images[i : i + 16]).softmax(1)[:, 1:2] for i in range(0, len(images), 16)])
     network.train()
-    predicted = predicted.float()
+    predicted = (probability > 0.5).float()  # argmax of two classes
     has_lesion = masks.flatten(1).sum(1) > 0
     overlap = (predicted * masks).flatten(1).sum(1)
     total = predicted.flatten(1).sum(1) + masks.flatten(1).sum(1)
-    dice = (2 * overlap / total.clamp_min(1))[has_lesion].mean().item()
-    share = predicted.mean().item() / max(masks.mean().item(), 1e-9)
-    return dice, share
+    lesion = masks.bool()
+    near = F.max_pool2d(masks, 2 * RIM_PIXELS + 1, stride=1, padding=RIM_PIXELS).bool()
+    return ValidationScores(
+        dice=(2 * overlap / total.clamp_min(1))[has_lesion].mean().item(),
+        share=predicted.mean().item() / max(masks.mean().item(), 1e-9),
+        lesion_probability=probability[lesion].mean().item(),
+        background_probability=probability[~lesion].mean().item(),
+        rim_probability=probability[near & ~lesion].mean().item(),
+    )
 
 
 def _watched_blocks(network: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -136,13 +188,19 @@ def _gate_maps(network: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
 
 def _snapshot(network: torch.nn.Module, batch: torch.Tensor, target: torch.Tensor, loss_fn) -> dict:
-    """Per block: output std and the gradient norm reaching it; per gate: mean and share below 0.1."""
+    """Per block: output std and the gradient norm reaching it; per gate: mean, share below 0.1 and, for gates at
+    the mask's resolution, the mean on lesion pixels (the lesion is ~0.2 % of the pixels: a gate can shut it
+    while its overall mean and closed share look normal); for the head: the share of lesion and of other pixels
+    where every input channel is 0, so that the prediction there is the head's bias whatever the image shows."""
     outputs, gates, stats = {}, {}, {}
     handles = []
     for name, module in _watched_blocks(network).items():
         handles.append(module.register_forward_hook(lambda m, i, o, name=name: outputs.__setitem__(name, o)))
     for name, module in _gate_maps(network).items():
         handles.append(module.register_forward_hook(lambda m, i, o, name=name: gates.__setitem__(name, o.detach())))
+    head_input = {}
+    if isinstance(getattr(network, "head", None), torch.nn.Module):
+        handles.append(network.head.register_forward_pre_hook(lambda m, i: head_input.__setitem__("x", i[0].detach())))
     logits = network(batch)
     for output in outputs.values():
         output.retain_grad()
@@ -158,6 +216,16 @@ def _snapshot(network: torch.nn.Module, batch: torch.Tensor, target: torch.Tenso
     for name, logit in gates.items():
         gate = torch.sigmoid(logit)
         stats[name] = {"gate_mean": gate.mean().item(), "gate_closed": (gate < 0.1).float().mean().item()}
+        if gate.shape[-2:] == target.shape[-2:] and gate.shape[1] == 1:
+            lesion = target.bool()
+            stats[name] |= {"gate_lesion": gate[lesion].mean().item(), "gate_background": gate[~lesion].mean().item()}
+    if "x" in head_input and head_input["x"].shape[-2:] == target.shape[-2:]:
+        silent = (head_input["x"] == 0).all(dim=1, keepdim=True)  # the head sees only its bias there
+        lesion = target.bool()
+        stats["head"] = {
+            "silent_lesion": silent[lesion].float().mean().item(),
+            "silent_background": silent[~lesion].float().mean().item(),
+        }
     network.zero_grad(set_to_none=True)
     return stats
 
@@ -177,7 +245,8 @@ def train_probe(
 
     Batches and flips are drawn from ``seed`` alone, so two networks trained with one seed see the same data
     in the same order. ``snapshot_steps`` lists the steps (0 = at initialisation) at which block statistics are
-    taken; ``progress(step, dice)`` is called after every evaluation.
+    taken (on training slices with a lesion); ``progress(step, scores)`` is called after every evaluation with the
+    step's :class:`ValidationScores`.
     """
     generator = torch.Generator().manual_seed(seed)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -188,13 +257,18 @@ def train_probe(
     start = time.perf_counter()
     for step in range(steps + 1):
         if step in snapshot_steps:
-            index = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))[:batch_size]
+            with_lesion = torch.nonzero(data.train_masks.flatten(1).amax(1) > 0).flatten()
+            index = with_lesion[torch.randperm(len(with_lesion), generator=torch.Generator().manual_seed(seed + 1))]
+            index = index[:batch_size]
             result.block_stats[step] = _snapshot(network, data.train_images[index], data.train_masks[index], loss_fn)
         if step % eval_every == 0 or step == steps:
-            dice, share = validation_dice(network, data.val_images, data.val_masks)
-            result.curve.append((step, dice, share))
+            scores = validation_scores(network, data.val_images, data.val_masks)
+            result.curve.append((
+                step, scores.dice, scores.share, scores.lesion_probability, scores.background_probability,
+                scores.rim_probability,
+            ))
             if progress is not None:
-                progress(step, dice)
+                progress(step, scores)
         if step == steps:
             break
         index = torch.randint(0, n, (batch_size,), generator=generator)
@@ -210,5 +284,5 @@ def train_probe(
         loss.backward()
         optimizer.step()
     result.seconds = time.perf_counter() - start
-    result.best_dice = max(dice for _, dice, _ in result.curve)
+    result.best_dice = max(row[1] for row in result.curve)
     return result

@@ -63,8 +63,8 @@ def learning_curves(results: list[dict], path: Path, title: str) -> Path:
     axis = figure.subplots()
     for variant, runs in curves.items():
         length = min(len(curve) for curve in runs)
-        steps = np.array([step for step, _ in runs[0][:length]])
-        values = np.array([[value for _, value in curve[:length]] for curve in runs])
+        steps = np.array([row[0] for row in runs[0][:length]])  # rows are (step, Dice, ...)
+        values = np.array([[row[1] for row in curve[:length]] for curve in runs])
         (line,) = axis.plot(steps, values.mean(axis=0), marker="o", markersize=2, label=variant)
         axis.fill_between(steps, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.15)
     axis.set_xlabel("training step")

@@ -149,11 +149,18 @@ STUDIES: dict[str, Study] = {
         ),
         Study(
             "001", "CBAM U-Net, LGG brain MRI", "lgg_mri_cbam_unet", "lgg",
-            (Variant("cbam", {"use_cbam": True}), Variant(BASELINE, {"use_cbam": False})),
+            # "cbam" is the bundle's form (x + CBAM(x), issue 22), "cbam_paper_form" the paper's x * gates
+            (
+                Variant("cbam", {"use_cbam": True, "residual_gates": True}),
+                Variant("cbam_paper_form", {"use_cbam": True, "residual_gates": False}),
+                Variant(BASELINE, {"use_cbam": False}),
+            ),
             (
                 Claim("CBAM after every conv block raises Dice over U-Net", "cbam", "dice",
                       "Dice 0.936 vs 0.915"),
                 Claim("CBAM after every conv block raises IoU over U-Net", "cbam", "iou", "IoU 0.882 vs 0.854"),
+                Claim("CBAM in the paper's form raises Dice over U-Net", "cbam_paper_form", "dice",
+                      "Dice 0.936 vs 0.915"),
             ),
             "001_",
         ),

@@ -36,7 +36,9 @@ class CBAMUNet(UNetSkeleton):
         norm_spatial_gate: batch (or the network's) norm on CBAM's one-channel spatial map, as in the CBAM
             authors' code; False gives a conv with bias there.
         residual_gates: False (the paper): each block's output is the gated features; True: features plus
-            gated features, so a gate cannot shut a block.
+            gated features, so a gate cannot shut a block. The ``lgg_mri_cbam_unet`` bundle sets True: in the
+            paper's form the spatial gate of the first block learns to shut small lesions (gate 0.04 on lesion
+            pixels, 0.50 elsewhere) and the network never segments them (docs/ablations.md, issue 22).
         gate_last_block: CBAM also after the last decoder block, right before the 1x1 head (the paper: after
             every block).
         cbam_gates: CBAM's gates, ``("channel", "spatial")`` (the paper) or one of them alone.
@@ -48,8 +50,9 @@ class CBAMUNet(UNetSkeleton):
         # 2D, the paper's widths (64 ... 1024), three MRI channels, two classes
         >>> net = CBAMUNet(spatial_dims=2, in_channels=3, out_channels=2)
 
-        # the paper's configuration without normalization, and the plain baseline
+        # the paper's configuration without normalization, the bundle's gates (x + CBAM(x)), the plain baseline
         >>> paper = CBAMUNet(2, 3, 2, norm=None)
+        >>> bundled = CBAMUNet(2, 3, 2, residual_gates=True)
         >>> plain = CBAMUNet(2, 3, 2, use_cbam=False)  # ClassicUNet exactly
 
         # 3D with small widths and a 3x3x3 spatial gate

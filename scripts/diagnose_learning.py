@@ -51,6 +51,10 @@ VARIANTS: dict[str, tuple[str, dict, float]] = {
     "eca_only": ("brain_tumor_mri_gsconv_eca_unet", {"use_gsconv": False, "use_eca": True}, 1e-3),
     "ag_min_aspp": ("chest_xray_lung_ag_min_aspp_unet", {}, 1e-3),
     "ag_min_aspp_standard_conv": ("chest_xray_lung_ag_min_aspp_unet", {"conv_block": "standard"}, 1e-3),
+    "residual_unet": ("lgg_mri_attention_res_unet", {"attention": None}, 1e-3),
+    "attention_res_unet": ("lgg_mri_attention_res_unet", {}, 1e-3),
+    "unext_s": ("isic2018_skin_sc_unext", {"sc_skip": False, "use_cbam": False, "pyramid_fusion": False}, 1e-3),
+    "sc_unext": ("isic2018_skin_sc_unext", {}, 1e-3),
 }
 
 
@@ -66,7 +70,8 @@ def _run_variant(name: str, seed: int, data, args: argparse.Namespace) -> None:
         snapshot_steps=tuple(args.snapshots),
         progress=lambda step, scores, name=name: print(
             f"{name} step {step}: Dice {scores.dice:.3f}, foreground probability on lesion"
-            f" {scores.lesion_probability:.3f}, elsewhere {scores.background_probability:.3f}",
+            f" {scores.lesion_probability:.3f}, within 3 px of it {scores.rim_probability:.3f},"
+            f" elsewhere {scores.background_probability:.3f}",
             flush=True,
         ),
     )

@@ -190,8 +190,8 @@ def _gate_maps(network: torch.nn.Module) -> dict[str, torch.nn.Module]:
 def _snapshot(network: torch.nn.Module, batch: torch.Tensor, target: torch.Tensor, loss_fn) -> dict:
     """Per block: output std and the gradient norm reaching it; per gate: mean, share below 0.1 and, for gates at
     the mask's resolution, the mean on lesion pixels (the lesion is ~0.2 % of the pixels: a gate can shut it
-    while its overall mean and closed share look normal); for the head: the share of lesion and of other pixels
-    where every input channel is 0, so that the prediction there is the head's bias whatever the image shows."""
+    while its overall mean and closed share look normal); for the head: the share of its input values that are 0
+    on lesion pixels and elsewhere (where all are 0 the prediction is the head's bias, whatever the image shows)."""
     outputs, gates, stats = {}, {}, {}
     handles = []
     for name, module in _watched_blocks(network).items():
@@ -220,11 +220,11 @@ def _snapshot(network: torch.nn.Module, batch: torch.Tensor, target: torch.Tenso
             lesion = target.bool()
             stats[name] |= {"gate_lesion": gate[lesion].mean().item(), "gate_background": gate[~lesion].mean().item()}
     if "x" in head_input and head_input["x"].shape[-2:] == target.shape[-2:]:
-        silent = (head_input["x"] == 0).all(dim=1, keepdim=True)  # the head sees only its bias there
+        off = (head_input["x"] == 0).float().mean(dim=1, keepdim=True)  # share of the head's inputs that are 0
         lesion = target.bool()
         stats["head"] = {
-            "silent_lesion": silent[lesion].float().mean().item(),
-            "silent_background": silent[~lesion].float().mean().item(),
+            "inputs_off_lesion": off[lesion].mean().item(),
+            "inputs_off_background": off[~lesion].mean().item(),
         }
     network.zero_grad(set_to_none=True)
     return stats

@@ -36,9 +36,8 @@ STEPS_FOR = {"isic2018_skin_sc_unext": 1500}
 
 
 # measured failures (docs/ablations.md, issue 22), each against its plain baseline from the same initial weights:
-# the GSConv units find the lesion with its unlabelled halo but do not tell the two apart within the budget
-# (foreground probability ~0.4 on core and halo alike); strict, so that a remedy makes the run fail until the mark
-# is removed
+# the last GSConv block switches its dense units off on the lesion, so the head gives the lesion only its bias
+# (foreground probability ~0.4, constant); strict, so that a remedy makes the run fail until the mark is removed
 NOT_LEARNING = {
     "brain_tumor_mri_gsconv_eca_unet": "GSConv-ECA: Dice 0.03 against plain 0.84 on lesion seed 23 (issue 22)",
     "chest_xray_lung_ag_min_aspp_unet": "AG + Min-ASPP + GSConv: Dice 0.00 where the same net with standard convs "

@@ -47,6 +47,11 @@ VARIANTS: dict[str, tuple[str, dict, float]] = {
     "gsconv_eca_swish": (
         "brain_tumor_mri_gsconv_eca_unet", {"use_gsconv": True, "use_eca": True, "act": "swish"}, 1e-3
     ),
+    "gsconv_eca_leaky": (
+        "brain_tumor_mri_gsconv_eca_unet",
+        {"use_gsconv": True, "use_eca": True, "act": ["leakyrelu", {"negative_slope": 0.1}]},
+        1e-3,
+    ),
     "gsconv_only": ("brain_tumor_mri_gsconv_eca_unet", {"use_gsconv": True, "use_eca": False}, 1e-3),
     "eca_only": ("brain_tumor_mri_gsconv_eca_unet", {"use_gsconv": False, "use_eca": True}, 1e-3),
     "ag_min_aspp": ("chest_xray_lung_ag_min_aspp_unet", {}, 1e-3),

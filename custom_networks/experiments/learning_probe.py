@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 
 import numpy as np
 import torch
@@ -255,18 +255,16 @@ def train_probe(
     result = ProbeResult()
     n = len(data.train_images)
     start = time.perf_counter()
+    with_lesion = torch.nonzero(data.train_masks.flatten(1).amax(1) > 0).flatten()
+    snapshot_index = with_lesion[torch.randperm(len(with_lesion), generator=torch.Generator().manual_seed(seed + 1))]
+    snapshot_index = snapshot_index[:batch_size]
     for step in range(steps + 1):
         if step in snapshot_steps:
-            with_lesion = torch.nonzero(data.train_masks.flatten(1).amax(1) > 0).flatten()
-            index = with_lesion[torch.randperm(len(with_lesion), generator=torch.Generator().manual_seed(seed + 1))]
-            index = index[:batch_size]
+            index = snapshot_index
             result.block_stats[step] = _snapshot(network, data.train_images[index], data.train_masks[index], loss_fn)
         if step % eval_every == 0 or step == steps:
             scores = validation_scores(network, data.val_images, data.val_masks)
-            result.curve.append((
-                step, scores.dice, scores.share, scores.lesion_probability, scores.background_probability,
-                scores.rim_probability,
-            ))
+            result.curve.append((step, *astuple(scores)))
             if progress is not None:
                 progress(step, scores)
         if step == steps:

@@ -4,8 +4,11 @@ The ablation runner (``runner.py``) trains through each bundle's own ``train.jso
 better"; this probe answers the earlier question "does this network learn at all, and if not, where does the
 signal die": it trains one network in memory on :mod:`custom_networks.data.lesion_slices` slices (DiceCE, Adam,
 random flips, the same batches for every network given a seed) and records the validation Dice on slices with a
-lesion, the foreground share the network predicts, and per block the output's scale and the gradient reaching it,
-plus for attention gates the gate's mean and the share of pixels it nearly closes (< 0.1).
+lesion, the foreground share the network predicts and its foreground probability on the lesion, next to it and
+elsewhere (:class:`ValidationScores`), and per block the output's scale and the gradient reaching it, plus for
+attention gates the gate's mean, the share of pixels it nearly closes (< 0.1) and its mean on lesion pixels, and the
+share of the head's inputs that are 0 on the lesion. :func:`share_initial_weights` gives a paper network its
+baseline's start, so that two runs differ by the switches alone.
 
 Examples::
 

@@ -155,6 +155,23 @@ def test_double_conv_custom_units_and_attention(spatial_dims):
         assert torch.equal(block(x), block.attention(block.conv_1(block.conv_0(x))))
 
 
+@pytest.mark.parametrize("spatial_dims", DIMS)
+def test_double_conv_shortcut_adds_a_linear_path_from_the_input(spatial_dims):
+    torch.manual_seed(spatial_dims)
+    block = DoubleConv(spatial_dims, 3, 8, attention=ECA(spatial_dims, 8), shortcut=True).eval()
+    _randomize_norm_stats(block)
+    assert [name for name, _ in block.named_children()] == ["conv_0", "conv_1", "attention", "shortcut"]
+    assert block.shortcut.conv.kernel_size == (1,) * spatial_dims and block.shortcut.conv.bias is None
+    assert list(block.shortcut.adn._modules) == ["N"]  # norm, no activation
+    x = torch.randn(2, 3, *([6] * spatial_dims))
+    with torch.no_grad():
+        branch = block.attention(block.conv_1(block.conv_0(x)))
+        assert torch.equal(block(x), branch + block.shortcut(x))
+        assert bool((block(x) < 0).any()) and not bool((branch < 0).any())  # the ReLU branch alone is never < 0
+    unnormed = DoubleConv(spatial_dims, 3, 8, norm=None, shortcut=True)
+    assert unnormed.shortcut.conv.bias is not None and not hasattr(unnormed.shortcut, "adn")
+
+
 # Residual block
 
 
@@ -295,11 +312,11 @@ def test_cbam_unet_switches_reach_the_blocks(spatial_dims):
     from custom_networks import CBAMUNet
 
     net = CBAMUNet(spatial_dims, 1, 2, features=(4, 8, 16), gate_last_block=False, norm_spatial_gate=False)
-    assert not hasattr(net.decoder[-1], "attention"), "no CBAM right before the head"
-    assert all(hasattr(block, "attention") for block in [*net.encoder, net.bottleneck, *net.decoder[:-1]])
+    assert net.decoder[-1].attention is None, "no CBAM right before the head"
+    assert all(block.attention is not None for block in [*net.encoder, net.bottleneck, *net.decoder[:-1]])
     assert net.encoder[0].attention.spatial_gate.conv.conv.bias is not None
     default = CBAMUNet(spatial_dims, 1, 2, features=(4, 8, 16))
-    assert hasattr(default.decoder[-1], "attention")
+    assert default.decoder[-1].attention is not None
     assert default.encoder[0].attention.spatial_gate.conv.conv.bias is None
     x = torch.randn(2, 1, *([8] * spatial_dims))
     assert net(x).shape == (2, 2, *([8] * spatial_dims))

@@ -16,8 +16,10 @@ from custom_networks import NETWORKS, ClassicUNet
 UNEXT_TINY = (4, 8, 12, 16, 24)
 TINY = {
     "GSConvECAUNet": ({"features": (8, 16, 32)}, 4),
+    "GSConvECAUNet-shortcut": ({"features": (8, 16, 32), "gsconv_shortcut": True}, 4),
     "CBAMUNet": ({"features": (8, 16, 32)}, 4),
     "AGMinASPPUNet": ({"features": (8, 16, 32)}, 4),
+    "AGMinASPPUNet-shortcut": ({"features": (8, 16, 32), "gsconv_shortcut": True}, 4),
     "AttentionResUNet": ({"features": (8, 16, 32), "attention": "ag"}, 4),
     "AttentionResUNet-se": ({"features": (8, 16, 32), "attention": "se"}, 4),
     "AttentionResUNet-cbam": ({"features": (8, 16, 32), "attention": "cbam"}, 4),
@@ -78,6 +80,37 @@ def test_switches_off_give_the_plain_unet(cls, switches_off):
     plain = count(ClassicUNet(2, 3, 1))
     assert count(cls(2, 3, 1, **switches_off)) == plain
     assert count(cls(2, 3, 1)) != plain
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("case", ["GSConvECAUNet", "AGMinASPPUNet"])
+def test_gsconv_shortcut_gives_the_head_inputs_no_activation_switched_off(case, spatial_dims):
+    """The failure the shortcut answers (issue 22): the head's inputs are the last block's ReLU outputs, so where
+    the block switches them off the head sees zeros; with the shortcut a linear path reaches the head."""
+    share_of_zeros = {}
+    for shortcut in (False, True):
+        torch.manual_seed(spatial_dims)
+        net = build_layer_case(case, {"gsconv_shortcut": shortcut}, spatial_dims).train()
+        seen = {}
+        net.head.register_forward_pre_hook(lambda module, inputs, seen=seen: seen.__setitem__("x", inputs[0]))
+        net(torch.randn(2, 2, *([8] * spatial_dims)))
+        share_of_zeros[shortcut] = (seen["x"] == 0).float().mean().item()
+        blocks = [*net.encoder, *net.decoder] + ([] if case == "AGMinASPPUNet" else [net.bottleneck])
+        assert all((block.shortcut is not None) == shortcut for block in blocks)
+    assert share_of_zeros[False] > 0.3  # ReLU after batch norm: about half are 0
+    assert share_of_zeros[True] == 0.0
+
+
+@pytest.mark.parametrize("case, switches_off", [
+    ("GSConvECAUNet", {"use_gsconv": False, "use_eca": False}),
+    ("AGMinASPPUNet", {"conv_block": "standard", "use_aspp": False, "use_attention_gate": False}),
+])
+def test_gsconv_shortcut_is_no_part_of_the_plain_unet(case, switches_off):
+    """The bundles set ``gsconv_shortcut``; with GSConv off their baselines must stay the plain U-Net."""
+    torch.manual_seed(0)
+    baseline = ClassicUNet(2, 2, 3, features=(8, 16, 32))
+    plain = NETWORKS[case](2, 2, 3, features=(8, 16, 32), gsconv_shortcut=True, **switches_off)
+    assert module_layout(plain) == module_layout(baseline)
 
 
 # (variant, its switches off, the baseline it must then be, widths to try, spatial multiple)
@@ -244,6 +277,16 @@ def test_attention_res_unet_override_picks_the_attention():
     net = parser.get_parsed_content("network_def")
     assert any(type(m).__name__ == "ChannelSELayer" for m in net.modules())
     assert not any(type(m).__name__ == "AttentionGate" for m in net.modules())
+
+
+@pytest.mark.parametrize("case, switch", [
+    ("GSConvECAUNet", "gsconv_shortcut"), ("CBAMUNet", "residual_gates"), ("AGMinASPPUNet", "use_aspp"),
+    ("SCUNeXt", "pyramid_fusion"),
+])
+def test_a_switch_given_as_a_string_is_refused_not_read_as_true(case, switch):
+    """``python -m monai.bundle run --network_def#residual_gates false`` passes the string "false"."""
+    with pytest.raises(ValueError, match=rf"{case}: {switch} must be True or False, got the str 'false'"):
+        build_layer_case(case, {switch: "false"})
 
 
 def test_unknown_switch_values_are_rejected():

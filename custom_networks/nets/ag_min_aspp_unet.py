@@ -6,6 +6,7 @@ from custom_networks.blocks.attention_gate import AttentionGate
 from custom_networks.blocks.double_conv import DoubleConv
 from custom_networks.blocks.gsconv import GSConv
 from custom_networks.blocks.min_aspp import MinASPP
+from custom_networks.nets.switches import check_switches
 from custom_networks.nets.unet_skeleton import UNetSkeleton
 
 __all__ = ["AGMinASPPUNet"]
@@ -37,6 +38,9 @@ class AGMinASPPUNet(UNetSkeleton):
             ``"standard"`` (two 3x3 conv units).
         use_aspp: Min-ASPP at the bottleneck.
         use_attention_gate: attention gates on the skip connections.
+        gsconv_shortcut: with GSConv blocks (``"gsconv"``, ``"gated"``), each also adds a 1x1 conv + norm of its
+            input to its output (the shortcut of slim-neck's GS bottleneck; the paper has none). Without it the
+            GSConv blocks fail to learn small lesions (docs/ablations.md, issue 22): the bundle sets it.
         aspp_dilations: dilation rates of the atrous branches (small: the bottleneck map is 16x16 at 256).
         act: activation type and arguments.
         norm: normalization type and arguments, or None.
@@ -48,6 +52,9 @@ class AGMinASPPUNet(UNetSkeleton):
 
         # 2D chest X-ray, one channel, lung mask
         >>> net = AGMinASPPUNet(spatial_dims=2, in_channels=1, out_channels=1)
+
+        # as the chest X-ray bundle builds it: GSConv blocks with the GS bottleneck's shortcut
+        >>> net = AGMinASPPUNet(2, 1, 1, gsconv_shortcut=True)
 
         # the paper's "gated spatial convolution" reading
         >>> gated = AGMinASPPUNet(2, 1, 1, conv_block="gated")
@@ -68,11 +75,16 @@ class AGMinASPPUNet(UNetSkeleton):
         conv_block: str = "gsconv",
         use_aspp: bool = True,
         use_attention_gate: bool = True,
+        gsconv_shortcut: bool = False,
         aspp_dilations: Sequence[int] = (2, 4, 6),
         act: str | tuple = ("relu", {"inplace": True}),
         norm: str | tuple | None = "batch",
         dropout: float = 0.0,
     ) -> None:
+        check_switches(
+            type(self).__name__, use_aspp=use_aspp, use_attention_gate=use_attention_gate,
+            gsconv_shortcut=gsconv_shortcut,
+        )
         if conv_block not in CONV_BLOCKS:
             raise ValueError(f"conv_block must be one of {CONV_BLOCKS}, got {conv_block!r}.")
 
@@ -80,8 +92,12 @@ class AGMinASPPUNet(UNetSkeleton):
             return GSConv(spatial_dims, c_in, c_out, act=act, norm=norm, gated=conv_block == "gated", dropout=dropout)
 
         def make_block(c_in: int, c_out: int) -> DoubleConv:
-            unit = None if conv_block == "standard" else gsconv_unit
-            return DoubleConv(spatial_dims, c_in, c_out, act=act, norm=norm, dropout=dropout, unit=unit)
+            if conv_block == "standard":
+                return DoubleConv(spatial_dims, c_in, c_out, act=act, norm=norm, dropout=dropout)
+            return DoubleConv(
+                spatial_dims, c_in, c_out, act=act, norm=norm, dropout=dropout, unit=gsconv_unit,
+                shortcut=gsconv_shortcut,
+            )
 
         def make_aspp(c_in: int, c_out: int) -> MinASPP:
             return MinASPP(spatial_dims, c_in, c_out, dilations=aspp_dilations, norm=norm, act=act)

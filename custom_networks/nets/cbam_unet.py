@@ -4,6 +4,7 @@ from collections.abc import Sequence
 
 from custom_networks.blocks.cbam import CBAM
 from custom_networks.blocks.double_conv import DoubleConv
+from custom_networks.nets.switches import check_switches
 from custom_networks.nets.unet_skeleton import UNetSkeleton
 
 __all__ = ["CBAMUNet"]
@@ -76,6 +77,10 @@ class CBAMUNet(UNetSkeleton):
         gate_last_block: bool = True,
         cbam_gates: Sequence[str] = ("channel", "spatial"),
     ) -> None:
+        check_switches(
+            type(self).__name__, use_cbam=use_cbam, norm_spatial_gate=norm_spatial_gate, residual_gates=residual_gates,
+            gate_last_block=gate_last_block,
+        )
         blocks_made = []
         n_blocks = 2 * len(features) - 1  # encoder, bottleneck, decoder; the last one made feeds the head
 

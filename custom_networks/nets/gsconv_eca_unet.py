@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from custom_networks.blocks.double_conv import DoubleConv
 from custom_networks.blocks.eca import ECA
 from custom_networks.blocks.gsconv import GSConv
+from custom_networks.nets.switches import check_switches
 from custom_networks.nets.unet_skeleton import UNetSkeleton
 
 __all__ = ["GSConvECAUNet"]
@@ -29,6 +30,10 @@ class GSConvECAUNet(UNetSkeleton):
             ``2 ** (len(features) - 1)``.
         use_gsconv: GSConv units (dense conv to half width + depthwise 5x5, interleaved) instead of 3x3 convs.
         use_eca: ECA at the end of every conv block.
+        gsconv_shortcut: with ``use_gsconv``, each block also adds a 1x1 conv + norm of its input to its output
+            (the shortcut of slim-neck's GS bottleneck; the paper has none). Without it the last decoder block
+            can switch its GSConv units off on a small lesion, which then gets only the head's bias: the bundle
+            sets it (docs/ablations.md, issue 22).
         eca_kernel_size: fixed ECA kernel; adaptive from the width when None.
         act: activation type and arguments.
         norm: normalization type and arguments, or None.
@@ -40,6 +45,9 @@ class GSConvECAUNet(UNetSkeleton):
 
         # 2D, the paper's widths (64 ... 1024)
         >>> net = GSConvECAUNet(spatial_dims=2, in_channels=1, out_channels=2)
+
+        # as the brain tumour bundle builds it: GSConv blocks with the GS bottleneck's shortcut
+        >>> net = GSConvECAUNet(2, 1, 2, features=(16, 32, 64, 128, 256), gsconv_shortcut=True)
 
         # ablations: GSConv only, and the plain baseline
         >>> gsconv_only = GSConvECAUNet(2, 1, 2, use_eca=False)
@@ -57,11 +65,14 @@ class GSConvECAUNet(UNetSkeleton):
         features: Sequence[int] = (64, 128, 256, 512, 1024),
         use_gsconv: bool = True,
         use_eca: bool = True,
+        gsconv_shortcut: bool = False,
         eca_kernel_size: int | None = None,
         act: str | tuple = ("relu", {"inplace": True}),
         norm: str | tuple | None = "batch",
         dropout: float = 0.0,
     ) -> None:
+        check_switches(type(self).__name__, use_gsconv=use_gsconv, use_eca=use_eca, gsconv_shortcut=gsconv_shortcut)
+
         def gsconv_unit(c_in: int, c_out: int) -> GSConv:
             return GSConv(spatial_dims, c_in, c_out, act=act, norm=norm, dropout=dropout)
 
@@ -70,6 +81,7 @@ class GSConvECAUNet(UNetSkeleton):
                 spatial_dims, c_in, c_out, act=act, norm=norm, dropout=dropout,
                 unit=gsconv_unit if use_gsconv else None,
                 attention=ECA(spatial_dims, c_out, kernel_size=eca_kernel_size) if use_eca else None,
+                shortcut=use_gsconv and gsconv_shortcut,
             )
 
         super().__init__(spatial_dims, in_channels, out_channels, features, make_block)

@@ -8,6 +8,7 @@ import torch.nn as nn
 from monai.networks.blocks import Convolution
 
 from custom_networks.blocks.cbam import CBAM
+from custom_networks.nets.switches import check_switches
 from custom_networks.nets.unext import UNeXt
 
 __all__ = ["SCUNeXt"]
@@ -185,6 +186,8 @@ class SCUNeXt(UNeXt):
         norm: tuple | str | None = "batch",
         dropout: float = 0.0,
     ) -> None:
+        check_switches(type(self).__name__, sc_skip=sc_skip, use_cbam=use_cbam, pyramid_fusion=pyramid_fusion)
+
         def make_skip_fusion(level: int, channels: int) -> SCSkipFusion:
             # Levels 0 and 1 are token levels: the shifted MLP block after the skip already plays the part of f.
             return SCSkipFusion(spatial_dims, channels, sc_skip, use_cbam, level >= 2, act, norm)

@@ -55,7 +55,7 @@ from custom_networks.pacs.processor import OutputOptions  # noqa: E402
 from custom_networks.pacs.report import STAGES  # noqa: E402
 from custom_networks.pacs.retry import RetryPolicy  # noqa: E402
 from custom_networks.profiling import cpu_description, replace_section  # noqa: E402
-from custom_networks.runtime import BundleRequest  # noqa: E402
+from custom_networks.runtime import BundleRequest, demo_network_overrides  # noqa: E402
 from custom_networks.runtime.locate import bundle_folder  # noqa: E402
 
 from orthanc_server import OrthancServer, free_port, orthanc_available  # noqa: E402
@@ -91,9 +91,7 @@ def model_files(bundle: str, work: Path, chest_features: list[int], int8: bool) 
     root = work / f"{bundle}_root"
     (root / "models").mkdir(parents=True, exist_ok=True)
     if bundle == BRAIN:
-        overrides = {key: value for key, value in json.loads((bundle_folder(BRAIN) / "configs" /
-                                                              "demo.json").read_text()).items()
-                     if key not in ("ckpt_path", "demo_weights")}
+        overrides = demo_network_overrides(BRAIN)
         shutil.copy(bundle_folder(BRAIN) / "models" / "demo_model.pt", root / "models" / "model.pt")
         task, size = "brain_tumor", 128
     else:

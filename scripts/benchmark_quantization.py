@@ -42,6 +42,7 @@ from custom_networks.deploy.bundle_export import export_bundle
 from custom_networks.deploy.onnx_network import OnnxRuntimeNetwork
 from custom_networks.profiling import cpu_description, median_latency, replace_section
 from custom_networks.runtime.locate import bundle_folder
+from custom_networks.runtime.overrides import bundle_cli_value
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("fp32 torch", "fp32 ORT", "dynamic int8", "static int8")
@@ -83,7 +84,7 @@ def train(bundle: str, bundle_root: Path, dataset_dir: Path, epochs: int) -> flo
     config = bundle_folder(bundle) / "configs" / "train.json"
     args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config)]
     for key, value in overrides.items():
-        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+        args += [f"--{key}", bundle_cli_value(value)]
     bundle_root.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(bundle_root / "train.log", "w") as log:

@@ -3,7 +3,7 @@
 Steps: write the Kaggle-layout demo brain tumour set (128 x 128 slices from the generator family of the sample
 study) plus tumour-free slices of healthy sample-like heads (the Kaggle layout has a tumour in every slice; a
 network that never saw a healthy slice marks a "tumour" in every slice of a volume), write the datalist, run the
-bundle's ``train.json`` through ``python -m monai.bundle run`` with the widths recorded in ``configs/demo.json``,
+bundle's ``train.json`` through ``python -m monai.bundle run`` with the network recorded in ``configs/demo.json``,
 copy the best checkpoint to ``models/demo_model.pt``, then run the main job's command (``inference.json`` +
 ``demo.json``) on ``sample_data/`` and report the Dice of both masks against the sample study's known lesion. Fails
 (exit 1) without copying when the validation Dice is below ``--min-dice``.
@@ -30,7 +30,9 @@ from custom_networks.atomic_files import atomic_path
 from custom_networks.data.datalist import build_datalist, write_datalist
 from custom_networks.data.demo import write_brain_tumor_png
 from custom_networks.data.sample_study import lesion_dice, write_lesion_free_slices
+from custom_networks.runtime.bundle_run import demo_network_overrides
 from custom_networks.runtime.locate import bundle_folder
+from custom_networks.runtime.overrides import bundle_cli_value
 
 BUNDLE = bundle_folder("brain_tumor_mri_gsconv_eca_unet")
 # demo slices: the sample study's in-plane size, so that head and lesion sizes in pixels match
@@ -42,7 +44,7 @@ def bundle_run(configs: list[Path], overrides: dict, log: Path) -> str:
     config_file = str(configs[0]) if len(configs) == 1 else json.dumps([str(c) for c in configs])
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_file]
     for key, value in overrides.items():
-        command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+        command += [f"--{key}", bundle_cli_value(value)]
     print(f"running {' '.join(command[1:5])} ... (log: {log})", flush=True)
     with open(log, "w") as stream:
         done = subprocess.run(command, check=False, cwd=log.parent, stdout=stream, stderr=subprocess.STDOUT)
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     configs = args.bundle / "configs"
-    demo = json.loads((configs / "demo.json").read_text())
+    demo_network = demo_network_overrides(args.bundle)  # widths, switches and window the demo weights have
     work = args.work or Path(tempfile.mkdtemp(prefix="demo_weights_"))
     data, root = work / "data", work / "bundle_root"
     write_brain_tumor_png(data, n_cases=args.n_cases, size=IMAGE_SIZE, seed=args.seed)
@@ -79,8 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {
         "bundle_root": str(root),
         "dataset_dir": str(data),
-        "network_def#features": demo["network_def#features"],
-        "spatial_size": demo["spatial_size"],
+        **demo_network,
         "learning_rate": args.learning_rate,
         "batch_size": args.batch_size,
         "num_workers": 0,

@@ -24,6 +24,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from custom_networks.bundle_configs import SOURCES_FOLDER, bundle_names
 from custom_networks.data import demo
 from custom_networks.data.datalist import build_datalist, write_datalist
+from custom_networks.runtime.overrides import bundle_cli_value
 
 from ohif_viewer import browser_available
 from orthanc_server import OrthancServer, free_port, orthanc_available
@@ -150,17 +151,13 @@ def demo_data(tmp_path_factory) -> dict[str, DemoTask]:
     return tasks
 
 
-def _format(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
 def cli_args(bundle: str, configs: Sequence[str], overrides: dict | None = None) -> list[str]:
     """Arguments of ``python -m monai.bundle run`` for configs of ``bundle`` plus ``--key value`` overrides."""
     files = [str(BUNDLES_DIR / bundle / "configs" / name) for name in configs]
     config_file = files[0] if len(files) == 1 else json.dumps(files)
     args = ["-m", "monai.bundle", "run", "--config_file", config_file]
     for key, value in (overrides or {}).items():
-        args += [f"--{key}", _format(value)]
+        args += [f"--{key}", bundle_cli_value(value)]
     return args
 
 

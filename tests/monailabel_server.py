@@ -14,13 +14,14 @@ from pathlib import Path
 
 import requests
 
+from custom_networks.runtime import demo_network_overrides
+
 from conftest import BUNDLES_DIR, ML_PYTHON, REPO, free_port
 
 BRAIN = "brain_tumor_mri_gsconv_eca_unet"
 CHEST = "chest_xray_lung_ag_min_aspp_unet"
-# the brain bundle's demo weights and the widths they were trained with (configs/demo.json)
-DEMO_CONFIG = json.loads((BUNDLES_DIR / BRAIN / "configs" / "demo.json").read_text())
-BRAIN_DEMO_OVERRIDES = {k: DEMO_CONFIG[k] for k in ("network_def#features", "spatial_size")}
+# the brain bundle's demo weights and the network they were trained with (configs/demo.json)
+BRAIN_DEMO_OVERRIDES = demo_network_overrides(BRAIN)
 BRAIN_DEMO_WEIGHTS = BUNDLES_DIR / BRAIN / "models" / "demo_model.pt"
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 _START_TIMEOUT_S = 90

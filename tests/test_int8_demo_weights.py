@@ -32,13 +32,14 @@ from custom_networks.deploy.int8_models import (
     verified_int8_model,
 )
 from custom_networks.file_hash import file_sha256
+from custom_networks.runtime import demo_network_overrides
 
 from conftest import BUNDLES_DIR, run_in_process
 from test_deploy_bundles import export_cli
 
 BRAIN = "brain_tumor_mri_gsconv_eca_unet"
-DEMO = json.loads((BUNDLES_DIR / BRAIN / "configs" / "demo.json").read_text())
-DEMO_SHAPE = {"network_def#features": DEMO["network_def#features"], "spatial_size": DEMO["spatial_size"]}
+DEMO_SHAPE = demo_network_overrides(BRAIN)  # the network and window the demo weights were trained with
+SHAPE_OPTIONS = [f"--set={key}={json.dumps(value)}" for key, value in DEMO_SHAPE.items()]
 UNSEEN_SEEDS = (4, 5, 6)
 MAX_DICE_LOSS = 0.01
 
@@ -101,12 +102,10 @@ def test_export_verifies_both_static_models_and_records_the_checkpoint(exported)
 
 def test_cli_runs_the_verified_int8_model_by_default_and_torch_for_another_checkpoint(exported, capsys):
     root, study = exported["root"], exported["work"] / f"study_{UNSEEN_SEEDS[0]}" / "mr_volume.nii.gz"
-    shape = [f"--set=network_def#features={json.dumps(DEMO_SHAPE['network_def#features'])}",
-             f"--set=spatial_size={json.dumps(DEMO_SHAPE['spatial_size'])}"]
 
     def infer(bundle: Path, output: Path, *options: str) -> str:
         assert cli_main(["infer", "--bundle", str(bundle), "--input", str(study), "--output", str(output),
-                         "--device", "cpu", *shape, *options]) == 0
+                         "--device", "cpu", *SHAPE_OPTIONS, *options]) == 0
         return json.loads((output / "run_summary.json").read_text())["run"]["weights"]
 
     assert infer(root, exported["work"] / "cli_default") == int8_model_for_this_cpu(root / "models")
@@ -153,12 +152,10 @@ def test_pacs_batch_runs_the_int8_model_this_cpu_should_and_stores_the_seg_infer
     orthanc.upload(sorted(study.iterdir()))
     monkeypatch.setenv("PACS_USERNAME", orthanc.username)
     monkeypatch.setenv("PACS_PASSWORD", orthanc.password)
-    shape = [f"--set=network_def#features={json.dumps(DEMO_SHAPE['network_def#features'])}",
-             f"--set=spatial_size={json.dumps(DEMO_SHAPE['spatial_size'])}"]
 
     def pacs_batch(model: str, job: Path) -> tuple[dict, Path]:
         status = cli_main(["pacs-batch", "--pacs", orthanc.dicomweb_url, "--bundle", str(root), "--model", model,
-                           "--device", "cpu", *shape, "--ledger", str(job / "jobs.sqlite"), "--report",
+                           "--device", "cpu", *SHAPE_OPTIONS, "--ledger", str(job / "jobs.sqlite"), "--report",
                            str(job / "report"), "--store", "pacs,folder", "--output", str(job / "segs")])
         assert status == 0
         (seg,) = (job / "segs").rglob("seg.dcm")
@@ -169,7 +166,7 @@ def test_pacs_batch_runs_the_int8_model_this_cpu_should_and_stores_the_seg_infer
     if not vnni:
         assert pacs_batch("auto", tmp_path / "job_auto")[0]["weights_sha256"] == file_sha256(expected)
 
-    assert cli_main(["infer", "--bundle", str(root), "--model", "int8", "--device", "cpu", *shape, "--input",
+    assert cli_main(["infer", "--bundle", str(root), "--model", "int8", "--device", "cpu", *SHAPE_OPTIONS, "--input",
                      str(study), "--output", str(tmp_path / "folder")]) == 0
     summary = json.loads((tmp_path / "folder" / "run_summary.json").read_text())
     assert Path(summary["run"]["weights"]) == expected.resolve()

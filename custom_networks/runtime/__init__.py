@@ -19,6 +19,7 @@ from custom_networks.runtime.bundle_run import (
     BundleRun,
     build_workflow,
     check_device,
+    demo_network_overrides,
     prepare_bundle,
 )
 from custom_networks.runtime.locate import BUNDLES_DIR_ENV, bundle_folder, bundle_names, bundles_dir
@@ -41,6 +42,7 @@ __all__ = [
     "bundle_names",
     "bundles_dir",
     "check_device",
+    "demo_network_overrides",
     "check_overrides",
     "config_ids",
     "output_kind",

@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from custom_networks.clinical.dicom_series import SeriesRules
 
 __all__ = ["DEMO_CONFIG", "DEMO_WEIGHTS", "MODEL_CHOICES", "MODEL_FILES", "BundleRequest", "BundleRun",
-           "build_workflow", "check_device", "prepare_bundle"]
+           "build_workflow", "check_device", "demo_network_overrides", "prepare_bundle"]
 
 # model kind -> (file in <bundle>/models/, config id that names it); int8's file depends on the CPU
 MODEL_FILES = {"torch": ("model.pt", "ckpt_path"), "onnx": ("model.onnx", "onnx_model"), "int8": ("", "onnx_model")}
@@ -208,6 +209,22 @@ def _model_file(folder: Path, model: str, weights: Path | None, demo: bool) -> P
                 "export it with scripts/export_bundle_models.py, or give weights=<model file>")
         raise InputError(f"{path}: model file not found; {ways}")
     return path.resolve()
+
+
+def demo_network_overrides(bundle: str | Path) -> dict:
+    """What ``configs/demo.json`` sets besides the checkpoint: the network and window the demo weights were trained
+    with (widths, switches, ``spatial_size``), for a run or a training that puts the demo weights, or weights
+    trained like them, in another place than the demo config does.
+
+    Raises:
+        InputError: the bundle ships no demo weights.
+    """
+    path = bundle_folder(bundle) / "configs" / DEMO_CONFIG
+    if not path.is_file():
+        raise InputError(f"demo: {path.parent.parent.name} ships no demo weights (no configs/{DEMO_CONFIG})",
+                         parameter="demo")
+    return {key: value for key, value in json.loads(path.read_text()).items()
+            if key not in ("ckpt_path", "demo_weights")}
 
 
 def prepare_bundle(

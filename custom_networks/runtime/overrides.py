@@ -13,7 +13,7 @@ from pathlib import Path
 
 from custom_networks.errors import InputError, closest
 
-__all__ = ["check_overrides", "config_ids"]
+__all__ = ["bundle_cli_value", "check_overrides", "config_ids"]
 
 
 def config_ids(configs: Iterable[Path]) -> set[str]:
@@ -48,3 +48,17 @@ def check_overrides(overrides: Mapping[str, object] | None, configs: Iterable[Pa
             raise InputError(f"overrides {key}: the bundle has no config id {key!r}"
                              + (f"; did you mean {hint}?" if hint else ""), parameter="overrides")
     return overrides
+
+
+def bundle_cli_value(value: object) -> str:
+    """``value`` written for ``python -m monai.bundle run --id VALUE``, which parses it with Fire as a Python literal.
+
+    JSON would not do: Fire keeps ``false`` and ``null`` as the strings ``"false"`` and ``"null"``, and a network
+    reads the string ``"false"`` as true. Strings pass unchanged (expressions such as ``$@bundle_root + '/x'``).
+
+    Example::
+
+        >>> bundle_cli_value(False)
+        'False'
+    """
+    return value if isinstance(value, str) else repr(value)

@@ -26,9 +26,11 @@ from custom_networks.experiments.learning_probe import bundle_network, lesion_se
 from custom_networks.experiments.provenance import machine, versions
 from custom_networks.experiments.studies import BASELINE, STUDIES
 
-# name: (bundle, network switches, learning rate); the cbam_* candidates are the paper's form (multiplicative gates)
-# with one thing changed, cbam_residual is the bundle's default since 0.2.0
+# name: (bundle, network switches, learning rate); the cbam_* and gsconv_* candidates are the paper's form
+# (multiplicative gates; GSConv blocks without a shortcut) with one thing changed; cbam_residual, gsconv_eca_shortcut
+# and ag_min_aspp_shortcut are the bundles' defaults since their version 0.2.0
 PAPER_CBAM = {"use_cbam": True, "residual_gates": False}
+PAPER_GSCONV_ECA = {"use_gsconv": True, "use_eca": True, "gsconv_shortcut": False}
 VARIANTS: dict[str, tuple[str, dict, float]] = {
     "plain": ("lgg_mri_cbam_unet", {"use_cbam": False}, 1e-3),
     "cbam_paper": ("lgg_mri_cbam_unet", PAPER_CBAM, 1e-3),
@@ -42,19 +44,17 @@ VARIANTS: dict[str, tuple[str, dict, float]] = {
     "cbam_channel_only": ("lgg_mri_cbam_unet", {**PAPER_CBAM, "cbam_gates": ["channel"]}, 1e-3),
     "cbam_spatial_only": ("lgg_mri_cbam_unet", {**PAPER_CBAM, "cbam_gates": ["spatial"]}, 1e-3),
     "cbam_not_last": ("lgg_mri_cbam_unet", {**PAPER_CBAM, "gate_last_block": False}, 1e-3),
-    "gsconv_eca": ("brain_tumor_mri_gsconv_eca_unet", {"use_gsconv": True, "use_eca": True}, 1e-3),
-    "gsconv_eca_lr3e-3": ("brain_tumor_mri_gsconv_eca_unet", {"use_gsconv": True, "use_eca": True}, 3e-3),
-    "gsconv_eca_swish": (
-        "brain_tumor_mri_gsconv_eca_unet", {"use_gsconv": True, "use_eca": True, "act": "swish"}, 1e-3
-    ),
+    "gsconv_eca": ("brain_tumor_mri_gsconv_eca_unet", PAPER_GSCONV_ECA, 1e-3),
+    "gsconv_eca_shortcut": ("brain_tumor_mri_gsconv_eca_unet", {**PAPER_GSCONV_ECA, "gsconv_shortcut": True}, 1e-3),
+    "gsconv_eca_lr3e-3": ("brain_tumor_mri_gsconv_eca_unet", PAPER_GSCONV_ECA, 3e-3),
+    "gsconv_eca_swish": ("brain_tumor_mri_gsconv_eca_unet", {**PAPER_GSCONV_ECA, "act": "swish"}, 1e-3),
     "gsconv_eca_leaky": (
-        "brain_tumor_mri_gsconv_eca_unet",
-        {"use_gsconv": True, "use_eca": True, "act": ["leakyrelu", {"negative_slope": 0.1}]},
-        1e-3,
+        "brain_tumor_mri_gsconv_eca_unet", {**PAPER_GSCONV_ECA, "act": ["leakyrelu", {"negative_slope": 0.1}]}, 1e-3
     ),
-    "gsconv_only": ("brain_tumor_mri_gsconv_eca_unet", {"use_gsconv": True, "use_eca": False}, 1e-3),
+    "gsconv_only": ("brain_tumor_mri_gsconv_eca_unet", {**PAPER_GSCONV_ECA, "use_eca": False}, 1e-3),
     "eca_only": ("brain_tumor_mri_gsconv_eca_unet", {"use_gsconv": False, "use_eca": True}, 1e-3),
-    "ag_min_aspp": ("chest_xray_lung_ag_min_aspp_unet", {}, 1e-3),
+    "ag_min_aspp": ("chest_xray_lung_ag_min_aspp_unet", {"gsconv_shortcut": False}, 1e-3),
+    "ag_min_aspp_shortcut": ("chest_xray_lung_ag_min_aspp_unet", {"gsconv_shortcut": True}, 1e-3),
     "ag_min_aspp_standard_conv": ("chest_xray_lung_ag_min_aspp_unet", {"conv_block": "standard"}, 1e-3),
     "residual_unet": ("lgg_mri_attention_res_unet", {"attention": None}, 1e-3),
     "attention_res_unet": ("lgg_mri_attention_res_unet", {}, 1e-3),
@@ -89,8 +89,6 @@ def _run_variant(name: str, seed: int, data, args: argparse.Namespace) -> None:
     with atomic_path(args.output / f"{name}_seed{seed}.json") as path:
         path.write_text(json.dumps(record, indent=1))
     print(f"{name}: best Dice {result.best_dice:.3f} in {result.seconds:.0f} s", flush=True)
-
-
 
 
 def _baseline_switches(bundle: str) -> dict:

@@ -26,29 +26,14 @@ from custom_networks.experiments.studies import BASELINE, STUDIES  # noqa: E402
 
 pytestmark = pytest.mark.learning
 
-# data seed 5 served the diagnosis; this one is new to every network
-DATA_SEED = 23
+# data seeds 5 and 23 served the diagnosis and 41 the study and the choice of remedies (docs/ablations.md);
+# this one is new to every network and every remedy
+DATA_SEED = 67
 FEATURES = (8, 16, 32, 64, 128)
 STEPS = 300
 # UNeXt-S (SC-UNeXt's baseline) is light per step and slow per step count: at 300 steps its plain form reached
-# Dice 0.08 on this set, so it gets more steps (the same for both sides)
+# Dice 0.08 on lesion seed 23, so it gets more steps (the same for both sides)
 STEPS_FOR = {"isic2018_skin_sc_unext": 1500}
-
-
-# measured failures (docs/ablations.md, issue 22), each against its plain baseline from the same initial weights:
-# the last GSConv block switches its dense units off on the lesion, so the head gives the lesion only its bias
-# (foreground probability ~0.4, constant); strict, so that a remedy makes the run fail until the mark is removed
-NOT_LEARNING = {
-    "brain_tumor_mri_gsconv_eca_unet": "GSConv-ECA: Dice 0.03 against plain 0.84 on lesion seed 23 (issue 22)",
-    "chest_xray_lung_ag_min_aspp_unet": "AG + Min-ASPP + GSConv: Dice 0.00 where the same net with standard convs "
-    "reaches 0.80 on lesion seed 23 (issue 22)",
-}
-
-
-def _marked(study):
-    reason = NOT_LEARNING.get(study.bundle)
-    marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
-    return pytest.param(study, id=study.bundle, marks=marks)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +46,7 @@ def _network(bundle: str, switches: dict) -> torch.nn.Module:
     return bundle_network(bundle, switches, features=FEATURES)
 
 
-@pytest.mark.parametrize("study", [_marked(study) for study in STUDIES.values()])
+@pytest.mark.parametrize("study", list(STUDIES.values()), ids=lambda study: study.bundle)
 def test_paper_network_learns_where_its_baseline_learns(study, lesions):
     steps = STEPS_FOR.get(study.bundle, STEPS)
     baseline_network = _network(study.bundle, study.variant(BASELINE).network)

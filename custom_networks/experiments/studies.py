@@ -133,10 +133,12 @@ STUDIES: dict[str, Study] = {
     for study in (
         Study(
             "000", "GSConv-ECA U-Net, brain tumour MRI", "brain_tumor_mri_gsconv_eca_unet", "brain_tumor",
+            # GSConv blocks in the bundle's form (with the GS bottleneck's shortcut, issue 22) unless "paper_form"
             (
-                Variant("gsconv_eca", {"use_gsconv": True, "use_eca": True}),
+                Variant("gsconv_eca", {"use_gsconv": True, "use_eca": True, "gsconv_shortcut": True}),
+                Variant("gsconv_eca_paper_form", {"use_gsconv": True, "use_eca": True, "gsconv_shortcut": False}),
                 Variant("eca_only", {"use_gsconv": False, "use_eca": True}),
-                Variant("gsconv_only", {"use_gsconv": True, "use_eca": False}),
+                Variant("gsconv_only", {"use_gsconv": True, "use_eca": False, "gsconv_shortcut": True}),
                 Variant(BASELINE, {"use_gsconv": False, "use_eca": False}),
             ),
             (
@@ -144,6 +146,8 @@ STUDIES: dict[str, Study] = {
                       "no table; 'better edges', test mIoU about 0.8"),
                 Claim("GSConv + ECA segment better than U-Net (Dice higher)", "gsconv_eca", "dice",
                       "no table"),
+                Claim("GSConv + ECA in the paper's form segment better than U-Net (Dice higher)",
+                      "gsconv_eca_paper_form", "dice", "no table"),
             ),
             "000_",
         ),
@@ -167,16 +171,24 @@ STUDIES: dict[str, Study] = {
         Study(
             "002", "AG + Min-ASPP + GSConv U-Net, chest X-ray lungs", "chest_xray_lung_ag_min_aspp_unet",
             "montgomery",
+            # GSConv blocks in the bundle's form (with the GS bottleneck's shortcut, issue 22) unless "paper_form"
             (
-                Variant("full", {"conv_block": "gsconv", "use_aspp": True, "use_attention_gate": True}),
+                Variant("full", {"conv_block": "gsconv", "use_aspp": True, "use_attention_gate": True,
+                                 "gsconv_shortcut": True}),
+                Variant("full_paper_form", {"conv_block": "gsconv", "use_aspp": True, "use_attention_gate": True,
+                                            "gsconv_shortcut": False}),
                 Variant("no_gsconv", {"conv_block": "standard", "use_aspp": True, "use_attention_gate": True}),
-                Variant("no_aspp", {"conv_block": "gsconv", "use_aspp": False, "use_attention_gate": True}),
-                Variant("no_ag", {"conv_block": "gsconv", "use_aspp": True, "use_attention_gate": False}),
+                Variant("no_aspp", {"conv_block": "gsconv", "use_aspp": False, "use_attention_gate": True,
+                                    "gsconv_shortcut": True}),
+                Variant("no_ag", {"conv_block": "gsconv", "use_aspp": True, "use_attention_gate": False,
+                                  "gsconv_shortcut": True}),
                 Variant(BASELINE, {"conv_block": "standard", "use_aspp": False, "use_attention_gate": False}),
             ),
             (
                 Claim("AG + Min-ASPP + GSConv raise IoU over U-Net", "full", "iou",
                       "mIoU 86.91 vs 77.15; pixel accuracy 90.47 % vs 81.46 %"),
+                Claim("AG + Min-ASPP + GSConv in the paper's form raise IoU over U-Net", "full_paper_form", "iou",
+                      "mIoU 86.91 vs 77.15"),
             ),
             "002_",
         ),

@@ -161,7 +161,9 @@ def test_tiny_study_through_the_cli_resumes(tmp_path, capsys):
     for name in ("boxplots_shared.png", "curves_shared.png"):
         assert (study / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     verdicts = json.loads((study / "verdicts.json").read_text())["shared"]
-    assert [v["verdict"] in ("supported", "not supported", "inconclusive") for v in verdicts] == [True, True]
+    # the two claims on gsconv_eca get a verdict; the paper's form was not among the variants run
+    assert [v["verdict"] in ("supported", "not supported", "inconclusive") for v in verdicts] == [True, True, False]
+    assert verdicts[2]["variant"] == "gsconv_eca_paper_form" and verdicts[2]["verdict"] == "not run"
     assert "| gsconv_eca | 0.001 | 2 |" in (output / "report.md").read_text()
 
     # run again: every run is finished, so nothing is trained and no result file is rewritten

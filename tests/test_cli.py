@@ -123,7 +123,8 @@ def test_one_file_is_one_case_and_nothing_lands_in_the_bundle(tmp_path):
 @pytest.mark.subprocess
 def test_monai_bundle_run_prints_one_line_for_bad_input_and_takes_a_file(tmp_path):
     """``python -m monai.bundle run`` itself: a missing checkpoint (no ``--bundle_root``, run from a folder
-    without ``models/``), a misspelled switch value, and a single NIfTI file as ``dataset_dir``."""
+    without ``models/``), a misspelled switch value, a network switch written ``false``, and a single NIfTI file as
+    ``dataset_dir``."""
     brain = {"bundle_root": str(BUNDLES_DIR / BRAIN), "output_dir": str(tmp_path / "demo_out")}
     jobs = {
         # as from the repository root without --bundle_root: bundle_root "." holds no models/model.pt
@@ -132,11 +133,16 @@ def test_monai_bundle_run_prints_one_line_for_bad_input_and_takes_a_file(tmp_pat
                                 {**brain, "dataset_dir": str(SAMPLE), "save_overlays": "ture"}), tmp_path),
         "one_file": (cli_args(BRAIN, ["inference.json", "demo.json"],
                               {**brain, "dataset_dir": str(SAMPLE / "mr_volume.nii.gz")}), tmp_path),
+        # Fire passes a lowercase false as the string "false", which read as true would run the other form
+        "string_switch": (cli_args(BRAIN, ["inference.json", "demo.json"],
+                                   {**brain, "dataset_dir": str(SAMPLE), "network_def#gsconv_shortcut": "false"}),
+                          tmp_path),
     }
     results = run_parallel(jobs)
     for name, expected in {
         "no_checkpoint": "bundle input error: ./models/model.pt: model file not found; train the bundle",
         "bad_switch": "save_overlays: 'ture' is not a switch value (use true or false)",
+        "string_switch": "GSConvECAUNet: gsconv_shortcut must be True or False, got the str 'false'.",
     }.items():
         result = results[name]
         assert result.returncode == 1, name

@@ -219,12 +219,17 @@ def demo_network_overrides(bundle: str | Path) -> dict:
     Raises:
         InputError: the bundle ships no demo weights.
     """
-    path = bundle_folder(bundle) / "configs" / DEMO_CONFIG
-    if not path.is_file():
-        raise InputError(f"demo: {path.parent.parent.name} ships no demo weights (no configs/{DEMO_CONFIG})",
-                         parameter="demo")
+    path = _demo_config(bundle_folder(bundle))
     return {key: value for key, value in json.loads(path.read_text()).items()
             if key not in ("ckpt_path", "demo_weights")}
+
+
+def _demo_config(folder: Path) -> Path:
+    """The bundle's ``configs/demo.json``; ``InputError`` (parameter ``demo``) when it ships no demo weights."""
+    path = folder / "configs" / DEMO_CONFIG
+    if not path.is_file():
+        raise InputError(f"demo: {folder.name} ships no demo weights (no configs/{DEMO_CONFIG})", parameter="demo")
+    return path
 
 
 def prepare_bundle(
@@ -259,9 +264,7 @@ def prepare_bundle(
     weights = Path(weights) if weights is not None else None
     configs = [folder / "configs" / "inference.json"]
     if demo:
-        configs.append(folder / "configs" / DEMO_CONFIG)
-        if not configs[-1].is_file():
-            raise InputError(f"demo: {folder.name} ships no demo weights (no configs/{DEMO_CONFIG})", parameter="demo")
+        configs.append(_demo_config(folder))
     kind = _model_kind(folder, model, weights, demo, device)
     if kind != "torch":
         configs.append(folder / "configs" / "inference_onnx.json")
